@@ -1,0 +1,31 @@
+//! plumb: a configuration drift detector.
+//!
+//! # Layout
+//!
+//! - [`config`]: plumb.toml, raw and validated into a [`config::Plan`]; [`inventory`] nodes and selectors;
+//!   [`template`] `${...}` substitution; [`units`] durations and sizes.
+//! - [`collect`]: fetching live config over http, from files and through commands (the only network I/O of a scan).
+//! - [`normalize`]: bytes of json, yaml, toml, ini, kv or text become one canonical [`normalize::Document`].
+//! - [`baseline`]: the `baselines/` tree, precedence, node variables, writing approvals.
+//! - [`compare`]: the structural diff and the unified diff (pure).
+//! - [`classify`]: turning a fetch outcome and a comparison into [`finding::Finding`]s (pure).
+//! - [`scan`]: one pass over a set of nodes: collect → normalize → compare → classify, concurrently.
+//! - [`report`]: human and JSON output, exit codes.
+//! - [`sim`]: a fleet of simulated nodes on loopback, for the demo, tests and benchmarks.
+//! - [`cli`]: the `plumb` commands.
+#![forbid(unsafe_code)]
+
+pub mod baseline;
+pub mod classify;
+pub mod cli;
+pub mod collect;
+pub mod compare;
+pub mod config;
+pub mod finding;
+pub mod inventory;
+pub mod normalize;
+pub mod report;
+pub mod scan;
+pub mod sim;
+pub mod template;
+pub mod units;
