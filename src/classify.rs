@@ -1,1 +1,174 @@
-//! todo
+//! Classify: turn one target's fetch outcome into findings (drift, unreachable, invalid, unbaselined).
+//!
+//! Pure: no I/O, no clock (the scan passes `now`). A node that could not be read yields only its coverage finding:
+//! nothing about its content is invented.
+
+use crate::baseline::Scope;
+use crate::compare::{self, Difference};
+use crate::config::{ConfigPlan, Plan};
+use crate::finding::{Change, Finding, Kind, Severity, State, fingerprint};
+use crate::inventory::Node;
+use crate::normalize::Document;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// What a scan learned about one config of one node.
+#[derive(Debug, Clone)]
+pub struct TargetResult {
+    pub node: String,
+    pub config: String,
+    /// Whether live content was fetched and parsed.
+    pub read: bool,
+    pub findings: Vec<Finding>,
+    /// Unified diff baseline → live, empty when equal or unknown.
+    pub unified: String,
+    /// The normalized live document, when the caller asked to keep it.
+    pub document: Option<Document>,
+    /// The baseline file that applied, if any.
+    pub baseline: Option<(Scope, PathBuf)>,
+}
+
+/// Evaluate one fetched (or failed) target against its baseline.
+pub fn evaluate(
+    plan: &Plan,
+    node: &Node,
+    cfg: &ConfigPlan,
+    fetched: Result<Vec<u8>, String>,
+    now: &str,
+    keep_document: bool,
+) -> TargetResult {
+    let mut r = TargetResult {
+        node: node.name.clone(),
+        config: cfg.name.clone(),
+        read: false,
+        findings: Vec::new(),
+        unified: String::new(),
+        document: None,
+        baseline: None,
+    };
+    let bytes = match fetched {
+        Ok(b) => b,
+        Err(reason) => {
+            r.findings.push(coverage(Kind::Unreachable, node, cfg, format!("{}/{}: unreachable: {reason}", node.name, cfg.name), now));
+            return r;
+        }
+    };
+    let live = match cfg.normalizer.normalize(&bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            r.findings.push(coverage(
+                Kind::Invalid,
+                node,
+                cfg,
+                format!("{}/{}: invalid: {e}", node.name, cfg.name),
+                now,
+            ));
+            return r;
+        }
+    };
+    r.read = true;
+    match plan.baselines.for_node(&cfg.name, node) {
+        None => {
+            r.findings.push(coverage(
+                Kind::Unbaselined,
+                node,
+                cfg,
+                format!(
+                    "{}/{}: no baseline (add baselines/{}/default.<ext> or run `plumb approve {} {}`)",
+                    node.name, cfg.name, cfg.name, node.name, cfg.name
+                ),
+                now,
+            ));
+        }
+        Some((scope, file, expected)) => {
+            r.baseline = Some((scope, file.path.clone()));
+            let cmp = compare::compare(&expected, &live, &cfg.compare);
+            r.findings
+                .extend(cmp.differences.into_iter().map(|d| drift(d, node, cfg, now)));
+            r.unified = cmp.unified;
+        }
+    }
+    if keep_document {
+        r.document = Some(live);
+    }
+    r
+}
+
+/// The result for a target whose evaluation panicked: an `invalid` finding, the scan goes on.
+pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
+    TargetResult {
+        node: node.name.clone(),
+        config: cfg.name.clone(),
+        read: false,
+        findings: vec![coverage(
+            Kind::Invalid,
+            node,
+            cfg,
+            format!("{}/{}: invalid: plumb could not process this content (internal error)", node.name, cfg.name),
+            now,
+        )],
+        unified: String::new(),
+        document: None,
+        baseline: None,
+    }
+}
+
+fn coverage(kind: Kind, node: &Node, cfg: &ConfigPlan, message: String, now: &str) -> Finding {
+    Finding {
+        fingerprint: fingerprint(kind, &node.name, &cfg.name, ""),
+        kind,
+        severity: kind.default_severity(),
+        node: node.name.clone(),
+        config: cfg.name.clone(),
+        path: String::new(),
+        change: None,
+        expected: Value::Null,
+        actual: Value::Null,
+        rule: None,
+        message,
+        first_seen: now.to_string(),
+        last_seen: now.to_string(),
+        state: State::New,
+    }
+}
+
+/// A short, one-line rendering of a value for messages.
+pub fn short(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 80 {
+        let cut: String = s.chars().take(77).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+fn drift(d: Difference, node: &Node, cfg: &ConfigPlan, now: &str) -> Finding {
+    let expected = d.expected.unwrap_or(Value::Null);
+    let actual = d.actual.unwrap_or(Value::Null);
+    let what = match d.change {
+        Change::Added => format!("added {}", short(&actual)),
+        Change::Removed => format!("removed (was {})", short(&expected)),
+        Change::Changed => format!("{} → {}", short(&expected), short(&actual)),
+    };
+    let severity: Severity = d.severity.unwrap_or(Kind::Drift.default_severity());
+    Finding {
+        fingerprint: fingerprint(Kind::Drift, &node.name, &cfg.name, &d.path),
+        kind: Kind::Drift,
+        severity,
+        node: node.name.clone(),
+        config: cfg.name.clone(),
+        message: format!("{}/{} {}: {what}", node.name, cfg.name, d.path),
+        path: d.path,
+        change: Some(d.change),
+        expected,
+        actual,
+        rule: None,
+        first_seen: now.to_string(),
+        last_seen: now.to_string(),
+        state: State::New,
+    }
+}

@@ -1,2 +1,369 @@
-//! todo
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `plumb` command line: argument parsing, the commands, and exit codes. The only place anyhow is used.
+//!
+//! Exit codes: 0 clean; 1 drift, regression or violation at or above `--fail-on`; 3 coverage incomplete
+//! (unreachable, invalid, unbaselined); 2 plumb itself could not run (bad arguments, bad config).
+
+use crate::baseline::{self, ApproveTarget};
+use crate::collect::Collector;
+use crate::config::{self, Plan};
+use crate::finding::Severity;
+use crate::inventory::Selector;
+use crate::normalize::{Decode, Format};
+use crate::report::{self, Style};
+use crate::scan::{self, ScanOptions};
+use crate::sim;
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// plumb: configuration drift detector.
+#[derive(Debug, Parser)]
+#[command(name = "plumb", version, about)]
+pub struct Cli {
+    /// Path to plumb.toml; baselines/ and rules/ are found beside it.
+    #[arg(long, global = true, default_value = "plumb.toml")]
+    pub config: PathBuf,
+    /// Colors: auto (on a terminal), always, never.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to color output.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One scan now: fetch every selected node, compare with baselines, report.
+    Audit {
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+        /// Only nodes with these labels: key=value[,key=value…].
+        #[arg(long)]
+        nodes: Option<String>,
+        /// Exit 1 on drift, regression or violation at or above this severity.
+        #[arg(long, default_value = "low")]
+        fail_on: String,
+    },
+    /// Validate plumb.toml, the inventory and baselines/; contacts no node.
+    Check,
+    /// Live against baseline for one node.
+    Diff { node: String, config: Option<String> },
+    /// Write a node's live config into its baseline file, and show the change.
+    Approve {
+        node: String,
+        config: Option<String>,
+        /// Which baseline to write: node (only this node), default, or LABEL=VALUE.
+        #[arg(long, default_value = "node")]
+        to: String,
+    },
+    /// Start the embedded demo fleet on loopback, audit it with ./plumb.toml, show the findings.
+    Demo {
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
+}
+
+/// Parse arguments, run, and map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("plumb: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn style(choice: ColorChoice) -> Style {
+    Style {
+        color: match choice {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        },
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load(path: &std::path::Path) -> Result<Plan> {
+    config::load(path).map_err(|e| anyhow!("invalid configuration:\n{e}"))
+}
+
+/// Write to stdout; a closed pipe (`plumb audit | head`) is not an error.
+fn out(s: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+/// Run one command; `Ok(code)` is the exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    let st = style(cli.color);
+    match cli.command {
+        Command::Check => {
+            let plan = load(&cli.config)?;
+            let files: usize = plan
+                .baselines
+                .configs
+                .values()
+                .map(|c| usize::from(c.default.is_some()) + c.labels.len() + c.nodes.len())
+                .sum();
+            out(&format!(
+                "{}: ok ({} nodes, {} configs, {} baseline files, {} schedules)\n",
+                cli.config.display(),
+                plan.nodes.len(),
+                plan.configs.len(),
+                files,
+                plan.schedules.len()
+            ))?;
+            Ok(0)
+        }
+        Command::Audit {
+            format,
+            nodes,
+            fail_on,
+        } => {
+            let fail_on: Severity = fail_on.parse().map_err(|e: String| anyhow!("--fail-on: {e}"))?;
+            let selector = match &nodes {
+                Some(s) => Selector::parse(s).map_err(|e| anyhow!("--nodes: {e}"))?,
+                None => Selector::default(),
+            };
+            let plan = Arc::new(load(&cli.config)?);
+            let rt = runtime()?;
+            let output = rt.block_on(async {
+                let collector = Arc::new(Collector::new(&plan)?);
+                let opts = ScanOptions {
+                    selector,
+                    ..Default::default()
+                };
+                Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
+            })?;
+            print_report(&output.report, format, st)?;
+            Ok(output.report.exit_code(fail_on))
+        }
+        Command::Diff { node, config } => {
+            let plan = Arc::new(load(&cli.config)?);
+            let rt = runtime()?;
+            let output = rt.block_on(async {
+                let collector = Arc::new(Collector::new(&plan)?);
+                let opts = ScanOptions {
+                    node: Some(node.clone()),
+                    config: config.clone(),
+                    ..Default::default()
+                };
+                Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
+            })?;
+            let mut text = String::new();
+            let mut code = 0;
+            for t in &output.targets {
+                if !t.read || t.baseline.is_none() {
+                    for f in &t.findings {
+                        text.push_str(&format!("{}\n", f.message));
+                    }
+                    code = code.max(3);
+                    continue;
+                }
+                if t.unified.is_empty() {
+                    text.push_str(&format!("{}/{}: matches its baseline\n", t.node, t.config));
+                } else {
+                    let file = t
+                        .baseline
+                        .as_ref()
+                        .map(|(_, p)| p.display().to_string())
+                        .unwrap_or_default();
+                    text.push_str(&format!("{}/{} against {file}\n", t.node, t.config));
+                    text.push_str(&report::paint_diff(&t.unified, st));
+                    code = 1;
+                }
+            }
+            out(&text)?;
+            Ok(if code == 1 { 1 } else { code })
+        }
+        Command::Approve { node, config, to } => {
+            let to = ApproveTarget::parse(&to).map_err(|e| anyhow!("--to: {e}"))?;
+            let plan = Arc::new(load(&cli.config)?);
+            approve(plan, &node, config, &to, st)
+        }
+        Command::Demo { format } => demo(&cli.config, format, st),
+    }
+}
+
+fn print_report(r: &report::Report, format: OutputFormat, st: Style) -> Result<()> {
+    match format {
+        OutputFormat::Json => out(&(serde_json::to_string_pretty(r)? + "\n")),
+        OutputFormat::Human => out(&report::human(r, st)),
+    }
+}
+
+/// The format a document is written in: the decoded inner format where there is one.
+fn document_format(n: &crate::normalize::Normalizer) -> Format {
+    match n.decode.last() {
+        Some(Decode::Json) => Format::Json,
+        Some(Decode::Yaml) => Format::Yaml,
+        Some(Decode::Toml) => Format::Toml,
+        Some(Decode::Base64) => Format::Text,
+        None => n.format,
+    }
+}
+
+fn approve(plan: Arc<Plan>, node: &str, config: Option<String>, to: &ApproveTarget, st: Style) -> Result<u8> {
+    let rt = runtime()?;
+    let output = rt.block_on(async {
+        let collector = Arc::new(Collector::new(&plan)?);
+        let opts = ScanOptions {
+            node: Some(node.to_string()),
+            config: config.clone(),
+            keep_documents: true,
+            ..Default::default()
+        };
+        Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
+    })?;
+    let node_def = plan
+        .node(node)
+        .ok_or_else(|| anyhow!("no node named `{node}`"))?;
+    let mut failed = Vec::new();
+    let mut text = String::new();
+    for t in &output.targets {
+        let Some(doc) = &t.document else {
+            let why = t
+                .findings
+                .first()
+                .map(|f| f.message.clone())
+                .unwrap_or_default();
+            failed.push(format!("cannot approve {}/{}: {why}", t.node, t.config));
+            continue;
+        };
+        let Some(cfg) = plan.config(&t.config) else {
+            continue;
+        };
+        let existing = plan
+            .baselines
+            .configs
+            .get(&t.config)
+            .and_then(|c| c.resolve(node_def));
+        let format = match (existing, to) {
+            (Some((_, f)), _) if f.format != Format::Text || cfg.normalizer.output_is_text() => {
+                // Keep the format of the file already in effect when writing that same scope.
+                f.format
+            }
+            _ => document_format(&cfg.normalizer),
+        };
+        let path = baseline::target_path(&plan.root.join("baselines"), &t.config, node_def, to, existing, format);
+        let format = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(Format::from_extension)
+            .map(|f| if cfg.normalizer.output_is_text() { Format::Text } else { f })
+            .unwrap_or(format);
+        let new_text = baseline::render(doc, format);
+        let old_text = std::fs::read_to_string(&path).unwrap_or_default();
+        if old_text == new_text {
+            text.push_str(&format!("{}/{}: {} already holds the live config\n", t.node, t.config, path.display()));
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        // Write beside and rename, so a crash never leaves a half-written baseline.
+        let tmp = path.with_extension("plumb-tmp");
+        std::fs::write(&tmp, &new_text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        let diff = similar::TextDiff::from_lines(&old_text, &new_text)
+            .unified_diff()
+            .context_radius(3)
+            .header(
+                &if old_text.is_empty() { "/dev/null".to_string() } else { format!("a/{}", path.display()) },
+                &format!("b/{}", path.display()),
+            )
+            .to_string();
+        text.push_str(&report::paint_diff(&diff, st));
+        text.push_str(&format!("wrote {}\n", path.display()));
+    }
+    out(&text)?;
+    if !failed.is_empty() {
+        for f in &failed {
+            eprintln!("plumb: {f}");
+        }
+        return Ok(2);
+    }
+    Ok(0)
+}
+
+fn demo(config_path: &std::path::Path, format: OutputFormat, st: Style) -> Result<u8> {
+    let t0 = std::time::Instant::now();
+    let mut plan = load(config_path).with_context(|| {
+        format!(
+            "the demo uses the repository's own {} (run it from the repository root)",
+            config_path.display()
+        )
+    })?;
+    let rt = runtime()?;
+    let code = rt.block_on(async move {
+        let fleet = sim::start(sim::demo::specs(&plan.nodes), None)
+            .await
+            .context("cannot start the simulated fleet")?;
+        for n in &mut plan.nodes {
+            if let Some(addr) = fleet.addr(&n.name) {
+                n.vars.insert("addr".into(), addr.to_string());
+            }
+        }
+        let plan = Arc::new(plan);
+        if format == OutputFormat::Human {
+            let mut intro = format!(
+                "plumb demo: {} simulated nodes on loopback, {} configs, deviations planted:\n",
+                fleet.nodes.len(),
+                plan.configs.len()
+            );
+            for (n, what) in sim::demo::DEVIATIONS {
+                intro.push_str(&format!("  - {n}: {what}\n"));
+            }
+            out(&intro)?;
+        }
+        let collector = Arc::new(Collector::new(&plan)?);
+        let output = scan::run(plan.clone(), collector, ScanOptions::default()).await?;
+        print_report(&output.report, format, st)?;
+        if format == OutputFormat::Human {
+            out(&format!(
+                "demo finished in {:.2} s; `plumb audit` on a real fleet exits {} for this result\n",
+                t0.elapsed().as_secs_f64(),
+                output.report.exit_code(Severity::Low)
+            ))?;
+        }
+        drop(fleet);
+        Ok::<_, anyhow::Error>(0u8)
+    })?;
+    Ok(code)
+}
