@@ -77,7 +77,11 @@ impl BaselineSet {
 }
 
 /// Load every baseline under `dir` for the given configs; all errors are returned together.
-pub fn load_dir(dir: &Path, configs: &[ConfigPlan], nodes: &[Node]) -> Result<BaselineSet, Vec<ConfigError>> {
+pub fn load_dir(
+    dir: &Path,
+    configs: &[ConfigPlan],
+    nodes: &[Node],
+) -> Result<BaselineSet, Vec<ConfigError>> {
     let mut set = BaselineSet::default();
     let mut errs = Vec::new();
     if !dir.exists() {
@@ -85,7 +89,14 @@ pub fn load_dir(dir: &Path, configs: &[ConfigPlan], nodes: &[Node]) -> Result<Ba
     }
     let entries = match read_dir_sorted(dir) {
         Ok(e) => e,
-        Err(e) => return Err(vec![ConfigError::at(dir, None, None, format!("cannot read: {e}"))]),
+        Err(e) => {
+            return Err(vec![ConfigError::at(
+                dir,
+                None,
+                None,
+                format!("cannot read: {e}"),
+            )]);
+        }
     };
     for entry in entries {
         let name = file_name(&entry);
@@ -155,7 +166,12 @@ fn load_config_dir(
     let entries = match read_dir_sorted(dir) {
         Ok(e) => e,
         Err(e) => {
-            errs.push(ConfigError::at(dir, None, None, format!("cannot read: {e}")));
+            errs.push(ConfigError::at(
+                dir,
+                None,
+                None,
+                format!("cannot read: {e}"),
+            ));
             return cb;
         }
     };
@@ -166,11 +182,21 @@ fn load_config_dir(
         }
         if path.is_dir() {
             if name != "node" {
-                errs.push(ConfigError::at(&path, None, None, "the only subdirectory allowed here is node/"));
+                errs.push(ConfigError::at(
+                    &path,
+                    None,
+                    None,
+                    "the only subdirectory allowed here is node/",
+                ));
                 continue;
             }
             match read_dir_sorted(&path) {
-                Err(e) => errs.push(ConfigError::at(&path, None, None, format!("cannot read: {e}"))),
+                Err(e) => errs.push(ConfigError::at(
+                    &path,
+                    None,
+                    None,
+                    format!("cannot read: {e}"),
+                )),
                 Ok(files) => {
                     for f in files {
                         let fname = file_name(&f);
@@ -178,7 +204,12 @@ fn load_config_dir(
                             continue;
                         }
                         let Some((stem, _)) = fname.rsplit_once('.') else {
-                            errs.push(ConfigError::at(&f, None, None, "a baseline file needs an extension"));
+                            errs.push(ConfigError::at(
+                                &f,
+                                None,
+                                None,
+                                "a baseline file needs an extension",
+                            ));
                             continue;
                         };
                         if let Some(b) = load_file(&f, config, errs) {
@@ -191,14 +222,24 @@ fn load_config_dir(
         }
         if name == "baseline.toml" {
             match std::fs::read_to_string(&path) {
-                Err(e) => errs.push(ConfigError::at(&path, None, None, format!("cannot read: {e}"))),
+                Err(e) => errs.push(ConfigError::at(
+                    &path,
+                    None,
+                    None,
+                    format!("cannot read: {e}"),
+                )),
                 Ok(text) => match toml::from_str::<RawCompare>(&text) {
                     Err(e) => {
                         let (l, c) = e
                             .span()
                             .map(|s| line_col(&text, s.start))
                             .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-                        errs.push(ConfigError::at(&path, l, c, e.message().trim_end().to_string()));
+                        errs.push(ConfigError::at(
+                            &path,
+                            l,
+                            c,
+                            e.message().trim_end().to_string(),
+                        ));
                     }
                     Ok(raw) => {
                         let mut e = |needle: &str, m: String| {
@@ -216,17 +257,32 @@ fn load_config_dir(
             continue;
         }
         let Some((stem, _)) = name.rsplit_once('.') else {
-            errs.push(ConfigError::at(&path, None, None, "a baseline file needs an extension"));
+            errs.push(ConfigError::at(
+                &path,
+                None,
+                None,
+                "a baseline file needs an extension",
+            ));
             continue;
         };
         if stem == "default" {
             if cb.default.is_some() {
-                errs.push(ConfigError::at(&path, None, None, "a second default baseline for this config"));
+                errs.push(ConfigError::at(
+                    &path,
+                    None,
+                    None,
+                    "a second default baseline for this config",
+                ));
             }
             cb.default = load_file(&path, config, errs);
         } else if let Some((k, v)) = stem.split_once('=') {
             if k.is_empty() || v.is_empty() {
-                errs.push(ConfigError::at(&path, None, None, "a label baseline is named <label>=<value>.<ext>"));
+                errs.push(ConfigError::at(
+                    &path,
+                    None,
+                    None,
+                    "a label baseline is named <label>=<value>.<ext>",
+                ));
                 continue;
             }
             if let Some(b) = load_file(&path, config, errs) {
@@ -244,8 +300,15 @@ fn load_config_dir(
     cb
 }
 
-fn load_file(path: &Path, config: &ConfigPlan, errs: &mut Vec<ConfigError>) -> Option<BaselineFile> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+fn load_file(
+    path: &Path,
+    config: &ConfigPlan,
+    errs: &mut Vec<ConfigError>,
+) -> Option<BaselineFile> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
     let format = match Format::from_extension(ext) {
         Some(f) => f,
         None => {
@@ -266,14 +329,22 @@ fn load_file(path: &Path, config: &ConfigPlan, errs: &mut Vec<ConfigError>) -> O
             path,
             None,
             None,
-            format!("config `{}` is structured; its baseline cannot be plain text", config.name),
+            format!(
+                "config `{}` is structured; its baseline cannot be plain text",
+                config.name
+            ),
         ));
         return None;
     }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
-            errs.push(ConfigError::at(path, None, None, format!("cannot read: {e}")));
+            errs.push(ConfigError::at(
+                path,
+                None,
+                None,
+                format!("cannot read: {e}"),
+            ));
             return None;
         }
     };
@@ -290,7 +361,10 @@ fn load_file(path: &Path, config: &ConfigPlan, errs: &mut Vec<ConfigError>) -> O
         Err(e) => {
             let (line, col, msg) = match &e {
                 normalize::NormalizeError::Syntax {
-                    line, column, message, ..
+                    line,
+                    column,
+                    message,
+                    ..
                 } => (*line, *column, format!("not valid {format}: {message}")),
                 other => (None, None, other.to_string()),
             };
@@ -336,14 +410,24 @@ pub fn substitute<'a>(s: &'a str, node: &Node) -> Result<Cow<'a, str>, String> {
             Some(
                 node.vars
                     .get(v)
-                    .ok_or_else(|| format!("node `{}` has no var `{v}` (used as ${{{expr}}})", node.name))?
+                    .ok_or_else(|| {
+                        format!(
+                            "node `{}` has no var `{v}` (used as ${{{expr}}})",
+                            node.name
+                        )
+                    })?
                     .as_str(),
             )
         } else if let Some(l) = expr.strip_prefix("node.labels.") {
             Some(
                 node.labels
                     .get(l)
-                    .ok_or_else(|| format!("node `{}` has no label `{l}` (used as ${{{expr}}})", node.name))?
+                    .ok_or_else(|| {
+                        format!(
+                            "node `{}` has no label `{l}` (used as ${{{expr}}})",
+                            node.name
+                        )
+                    })?
                     .as_str(),
             )
         } else {
@@ -364,7 +448,9 @@ pub fn substitute_doc(doc: &Document, node: &Node) -> Result<Document, String> {
     fn walk(v: &Value, node: &Node) -> Result<Value, String> {
         Ok(match v {
             Value::String(s) => Value::String(substitute(s, node)?.into_owned()),
-            Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, node)).collect::<Result<_, _>>()?),
+            Value::Array(a) => {
+                Value::Array(a.iter().map(|x| walk(x, node)).collect::<Result<_, _>>()?)
+            }
             Value::Object(o) => Value::Object(
                 o.iter()
                     .map(|(k, v)| Ok((substitute(k, node)?.into_owned(), walk(v, node)?)))
@@ -395,10 +481,14 @@ pub fn render(doc: &Document, format: Format) -> String {
         Document::Tree(v) => match format {
             Format::Yaml => serde_saphyr::to_string(v).unwrap_or_else(|_| doc.canonical_text()),
             Format::Toml => match v {
-                Value::Object(_) => toml::to_string_pretty(v).unwrap_or_else(|_| doc.canonical_text()),
+                Value::Object(_) => {
+                    toml::to_string_pretty(v).unwrap_or_else(|_| doc.canonical_text())
+                }
                 _ => doc.canonical_text(),
             },
-            Format::Kv | Format::Ini => render_flat(v, format).unwrap_or_else(|| doc.canonical_text()),
+            Format::Kv | Format::Ini => {
+                render_flat(v, format).unwrap_or_else(|| doc.canonical_text())
+            }
             Format::Json | Format::Text => doc.canonical_text(),
         },
     }
@@ -457,7 +547,10 @@ pub fn target_path(
             _ => dir.join(format!("default.{ext}")),
         },
         ApproveTarget::Label(k, v) => match existing {
-            Some((Scope::Label, f)) if f.path.file_stem().map(|s| s.to_string_lossy().into_owned()) == Some(format!("{k}={v}")) => {
+            Some((Scope::Label, f))
+                if f.path.file_stem().map(|s| s.to_string_lossy().into_owned())
+                    == Some(format!("{k}={v}")) =>
+            {
                 f.path.clone()
             }
             _ => dir.join(format!("{k}={v}.{ext}")),
@@ -483,7 +576,9 @@ impl ApproveTarget {
             "node" => Ok(ApproveTarget::Node),
             "default" => Ok(ApproveTarget::Default),
             other => match other.split_once('=') {
-                Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok(ApproveTarget::Label(k.into(), v.into())),
+                Some((k, v)) if !k.is_empty() && !v.is_empty() => {
+                    Ok(ApproveTarget::Label(k.into(), v.into()))
+                }
                 _ => Err(format!("`{s}`: expected node, default or LABEL=VALUE")),
             },
         }
@@ -498,7 +593,10 @@ mod tests {
     fn node(name: &str, labels: &[(&str, &str)]) -> Node {
         Node {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             vars: [("host".to_string(), "10.0.0.9".to_string())].into(),
         }
     }
@@ -507,11 +605,23 @@ mod tests {
     fn substitution() {
         let n = node("edge-1", &[("dc", "ams")]);
         assert_eq!(
-            substitute("${node.name}@${node.vars.host}/${node.labels.dc} $5 ${other}", &n).unwrap(),
+            substitute(
+                "${node.name}@${node.vars.host}/${node.labels.dc} $5 ${other}",
+                &n
+            )
+            .unwrap(),
             "edge-1@10.0.0.9/ams $5 ${other}"
         );
-        assert!(substitute("${node.vars.nope}", &n).unwrap_err().contains("no var `nope`"));
-        let d = substitute_doc(&Document::Tree(json!({"${node.name}": ["${node.vars.host}", 1]})), &n).unwrap();
+        assert!(
+            substitute("${node.vars.nope}", &n)
+                .unwrap_err()
+                .contains("no var `nope`")
+        );
+        let d = substitute_doc(
+            &Document::Tree(json!({"${node.name}": ["${node.vars.host}", 1]})),
+            &n,
+        )
+        .unwrap();
         assert_eq!(d, Document::Tree(json!({"edge-1": ["10.0.0.9", 1]})));
     }
 
@@ -520,19 +630,36 @@ mod tests {
         let v = json!({"a": "1", "s": {"k": "v", "r": ["x", "y"]}});
         for f in [Format::Json, Format::Yaml, Format::Toml, Format::Ini] {
             let text = render(&Document::Tree(v.clone()), f);
-            assert_eq!(normalize::parse(f, text.as_bytes()).unwrap(), Document::Tree(v.clone()), "{f}: {text}");
+            assert_eq!(
+                normalize::parse(f, text.as_bytes()).unwrap(),
+                Document::Tree(v.clone()),
+                "{f}: {text}"
+            );
         }
         let kv = json!({"net.ipv4.ip_forward": "0", "HostKey": ["/a", "/b"]});
         let text = render(&Document::Tree(kv.clone()), Format::Kv);
-        assert_eq!(normalize::parse(Format::Kv, text.as_bytes()).unwrap(), Document::Tree(kv));
+        assert_eq!(
+            normalize::parse(Format::Kv, text.as_bytes()).unwrap(),
+            Document::Tree(kv)
+        );
     }
 
     #[test]
     fn approve_targets() {
-        assert_eq!(ApproveTarget::parse("role=edge"), Ok(ApproveTarget::Label("role".into(), "edge".into())));
+        assert_eq!(
+            ApproveTarget::parse("role=edge"),
+            Ok(ApproveTarget::Label("role".into(), "edge".into()))
+        );
         assert!(ApproveTarget::parse("=x").is_err());
         let n = node("e1", &[]);
-        let p = target_path(Path::new("b"), "caddy", &n, &ApproveTarget::Node, None, Format::Json);
+        let p = target_path(
+            Path::new("b"),
+            "caddy",
+            &n,
+            &ApproveTarget::Node,
+            None,
+            Format::Json,
+        );
         assert_eq!(p, Path::new("b/caddy/node/e1.json"));
     }
 }

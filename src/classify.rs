@@ -49,7 +49,13 @@ pub fn evaluate(
     let bytes = match fetched {
         Ok(b) => b,
         Err(reason) => {
-            r.findings.push(coverage(Kind::Unreachable, node, cfg, format!("{}/{}: unreachable: {reason}", node.name, cfg.name), now));
+            r.findings.push(coverage(
+                Kind::Unreachable,
+                node,
+                cfg,
+                format!("{}/{}: unreachable: {reason}", node.name, cfg.name),
+                now,
+            ));
             return r;
         }
     };
@@ -83,8 +89,11 @@ pub fn evaluate(
         Some((scope, file, expected)) => {
             r.baseline = Some((scope, file.path.clone()));
             let cmp = compare::compare(&expected, &live, &cfg.compare);
-            r.findings
-                .extend(cmp.differences.into_iter().map(|d| drift(d, node, cfg, now)));
+            r.findings.extend(
+                cmp.differences
+                    .into_iter()
+                    .map(|d| drift(d, node, cfg, now)),
+            );
             r.unified = cmp.unified;
         }
     }
@@ -104,7 +113,10 @@ pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
             Kind::Invalid,
             node,
             cfg,
-            format!("{}/{}: invalid: plumb could not process this content (internal error)", node.name, cfg.name),
+            format!(
+                "{}/{}: invalid: plumb could not process this content (internal error)",
+                node.name, cfg.name
+            ),
             now,
         )],
         unified: String::new(),

@@ -64,7 +64,10 @@ pub enum Command {
     /// Validate plumb.toml, the inventory and baselines/; contacts no node.
     Check,
     /// Live against baseline for one node.
-    Diff { node: String, config: Option<String> },
+    Diff {
+        node: String,
+        config: Option<String>,
+    },
     /// Write a node's live config into its baseline file, and show the change.
     Approve {
         node: String,
@@ -104,7 +107,9 @@ fn style(choice: ColorChoice) -> Style {
         color: match choice {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            ColorChoice::Auto => {
+                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
         },
     }
 }
@@ -156,7 +161,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             nodes,
             fail_on,
         } => {
-            let fail_on: Severity = fail_on.parse().map_err(|e: String| anyhow!("--fail-on: {e}"))?;
+            let fail_on: Severity = fail_on
+                .parse()
+                .map_err(|e: String| anyhow!("--fail-on: {e}"))?;
             let selector = match &nodes {
                 Some(s) => Selector::parse(s).map_err(|e| anyhow!("--nodes: {e}"))?,
                 None => Selector::default(),
@@ -239,7 +246,13 @@ fn document_format(n: &crate::normalize::Normalizer) -> Format {
     }
 }
 
-fn approve(plan: Arc<Plan>, node: &str, config: Option<String>, to: &ApproveTarget, st: Style) -> Result<u8> {
+fn approve(
+    plan: Arc<Plan>,
+    node: &str,
+    config: Option<String>,
+    to: &ApproveTarget,
+    st: Style,
+) -> Result<u8> {
     let rt = runtime()?;
     let output = rt.block_on(async {
         let collector = Arc::new(Collector::new(&plan)?);
@@ -281,31 +294,55 @@ fn approve(plan: Arc<Plan>, node: &str, config: Option<String>, to: &ApproveTarg
             }
             _ => document_format(&cfg.normalizer),
         };
-        let path = baseline::target_path(&plan.root.join("baselines"), &t.config, node_def, to, existing, format);
+        let path = baseline::target_path(
+            &plan.root.join("baselines"),
+            &t.config,
+            node_def,
+            to,
+            existing,
+            format,
+        );
         let format = path
             .extension()
             .and_then(|e| e.to_str())
             .and_then(Format::from_extension)
-            .map(|f| if cfg.normalizer.output_is_text() { Format::Text } else { f })
+            .map(|f| {
+                if cfg.normalizer.output_is_text() {
+                    Format::Text
+                } else {
+                    f
+                }
+            })
             .unwrap_or(format);
         let new_text = baseline::render(doc, format);
         let old_text = std::fs::read_to_string(&path).unwrap_or_default();
         if old_text == new_text {
-            text.push_str(&format!("{}/{}: {} already holds the live config\n", t.node, t.config, path.display()));
+            text.push_str(&format!(
+                "{}/{}: {} already holds the live config\n",
+                t.node,
+                t.config,
+                path.display()
+            ));
             continue;
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         // Write beside and rename, so a crash never leaves a half-written baseline.
         let tmp = path.with_extension("plumb-tmp");
-        std::fs::write(&tmp, &new_text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, &new_text)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         let diff = similar::TextDiff::from_lines(&old_text, &new_text)
             .unified_diff()
             .context_radius(3)
             .header(
-                &if old_text.is_empty() { "/dev/null".to_string() } else { format!("a/{}", path.display()) },
+                &if old_text.is_empty() {
+                    "/dev/null".to_string()
+                } else {
+                    format!("a/{}", path.display())
+                },
                 &format!("b/{}", path.display()),
             )
             .to_string();

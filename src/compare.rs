@@ -5,6 +5,9 @@
 //! (`name`, `id`, or one named in baseline.toml) are matched by that key; other arrays are aligned by a
 //! longest-common-subsequence diff, so one inserted element is one difference, not a cascade.
 
+// Diff ops hand out index ranges that name both a value and its path; indexing reads clearer than zips.
+#![allow(clippy::needless_range_loop)]
+
 use crate::finding::{Change, Severity};
 use crate::normalize::Document;
 use regex::Regex;
@@ -146,11 +149,8 @@ fn prepare(doc: &Document, opts: &CompareOptions) -> Document {
                 mask_tree(&mut v, &opts.masks);
             }
             if !opts.ignore.is_empty() {
-                let mut locs: Vec<Loc> = opts
-                    .ignore
-                    .iter()
-                    .flat_map(|p| locations(p, &v))
-                    .collect();
+                let mut locs: Vec<Loc> =
+                    opts.ignore.iter().flat_map(|p| locations(p, &v)).collect();
                 // Deepest and highest index first, so removals do not shift what is still to remove.
                 locs.sort();
                 locs.dedup();
@@ -269,7 +269,9 @@ impl<'o> Ctx<'o> {
     }
 
     fn severity(&self, le: &Loc, la: &Loc, change: Change) -> Option<Severity> {
-        let under = |set: &BTreeSet<Loc>, loc: &Loc| (0..=loc.len()).any(|n| set.contains(&loc[..n].to_vec()));
+        let under = |set: &BTreeSet<Loc>, loc: &Loc| {
+            (0..=loc.len()).any(|n| set.contains(&loc[..n].to_vec()))
+        };
         let mut found = None;
         for (se, sa, sev) in &self.severities {
             let hit = match change {
@@ -299,9 +301,7 @@ impl<'o> Ctx<'o> {
         } else {
             self.opts.key_fields.clone()
         };
-        fields
-            .into_iter()
-            .find(|f| keyable(e, f) && keyable(a, f))
+        fields.into_iter().find(|f| keyable(e, f) && keyable(a, f))
     }
 }
 
@@ -320,7 +320,15 @@ struct Walk<'c, 'o> {
 }
 
 impl Walk<'_, '_> {
-    fn push(&mut self, path: String, change: Change, e: Option<&Value>, a: Option<&Value>, le: &Loc, la: &Loc) {
+    fn push(
+        &mut self,
+        path: String,
+        change: Change,
+        e: Option<&Value>,
+        a: Option<&Value>,
+        le: &Loc,
+        la: &Loc,
+    ) {
         let severity = self.ctx.severity(le, la, change);
         self.out.push(Difference {
             path,
@@ -334,7 +342,9 @@ impl Walk<'_, '_> {
     fn diff(&mut self, e: &Value, a: &Value, path: String, le: &mut Loc, la: &mut Loc) {
         let subset = self.ctx.opts.mode == Mode::Subset;
         match (e, a) {
-            (Value::Object(eo), Value::Object(ao)) => self.diff_objects(eo, ao, &path, le, la, subset),
+            (Value::Object(eo), Value::Object(ao)) => {
+                self.diff_objects(eo, ao, &path, le, la, subset)
+            }
             (Value::Array(ea), Value::Array(aa)) => {
                 if let Some(field) = self.ctx.key_for(le, la, ea, aa) {
                     self.diff_keyed(ea, aa, &field, &path, le, la, subset);
@@ -452,7 +462,14 @@ impl Walk<'_, '_> {
                 } => {
                     for i in old_index..old_index + old_len {
                         le.push(Seg::Index(i));
-                        self.push(format!("{path}[{i}]"), Change::Removed, Some(&ea[i]), None, le, la);
+                        self.push(
+                            format!("{path}[{i}]"),
+                            Change::Removed,
+                            Some(&ea[i]),
+                            None,
+                            le,
+                            la,
+                        );
                         le.pop();
                     }
                 }
@@ -464,7 +481,14 @@ impl Walk<'_, '_> {
                     }
                     for j in new_index..new_index + new_len {
                         la.push(Seg::Index(j));
-                        self.push(format!("{path}[{j}]"), Change::Added, None, Some(&aa[j]), le, la);
+                        self.push(
+                            format!("{path}[{j}]"),
+                            Change::Added,
+                            None,
+                            Some(&aa[j]),
+                            le,
+                            la,
+                        );
                         la.pop();
                     }
                 }
@@ -485,13 +509,27 @@ impl Walk<'_, '_> {
                     }
                     for i in old_index + paired..old_index + old_len {
                         le.push(Seg::Index(i));
-                        self.push(format!("{path}[{i}]"), Change::Removed, Some(&ea[i]), None, le, la);
+                        self.push(
+                            format!("{path}[{i}]"),
+                            Change::Removed,
+                            Some(&ea[i]),
+                            None,
+                            le,
+                            la,
+                        );
                         le.pop();
                     }
                     if !subset {
                         for j in new_index + paired..new_index + new_len {
                             la.push(Seg::Index(j));
-                            self.push(format!("{path}[{j}]"), Change::Added, None, Some(&aa[j]), le, la);
+                            self.push(
+                                format!("{path}[{j}]"),
+                                Change::Added,
+                                None,
+                                Some(&aa[j]),
+                                le,
+                                la,
+                            );
                             la.pop();
                         }
                     }
@@ -523,7 +561,12 @@ fn line_diff(e: &[String], a: &[String], mode: Mode, out: &mut Vec<Difference>) 
                 old_index, old_len, ..
             } => {
                 for i in old_index..old_index + old_len {
-                    push(format!("line {}", i + 1), Change::Removed, line(&e[i]), None);
+                    push(
+                        format!("line {}", i + 1),
+                        Change::Removed,
+                        line(&e[i]),
+                        None,
+                    );
                 }
             }
             DiffOp::Insert {
@@ -551,7 +594,12 @@ fn line_diff(e: &[String], a: &[String], mode: Mode, out: &mut Vec<Difference>) 
                     );
                 }
                 for i in old_index + paired..old_index + old_len {
-                    push(format!("line {}", i + 1), Change::Removed, line(&e[i]), None);
+                    push(
+                        format!("line {}", i + 1),
+                        Change::Removed,
+                        line(&e[i]),
+                        None,
+                    );
                 }
                 if !subset {
                     for j in new_index + paired..new_index + new_len {
@@ -616,7 +664,11 @@ mod tests {
         Document::Tree(v)
     }
 
-    fn diffs(e: Value, a: Value, opts: &CompareOptions) -> Vec<(String, Change, Option<Value>, Option<Value>)> {
+    fn diffs(
+        e: Value,
+        a: Value,
+        opts: &CompareOptions,
+    ) -> Vec<(String, Change, Option<Value>, Option<Value>)> {
         compare(&tree(e), &tree(a), opts)
             .differences
             .into_iter()
@@ -642,20 +694,36 @@ mod tests {
         assert_eq!(
             d,
             vec![
-                ("$.a".into(), Change::Changed, Some(json!(1)), Some(json!(2))),
+                (
+                    "$.a".into(),
+                    Change::Changed,
+                    Some(json!(1)),
+                    Some(json!(2))
+                ),
                 ("$.b.c".into(), Change::Removed, Some(json!(true)), None),
                 ("$.new".into(), Change::Added, None, Some(json!([1]))),
             ]
         );
-        let d = diffs(json!({"odd key": 1}), json!({"odd key": 2}), &CompareOptions::default());
+        let d = diffs(
+            json!({"odd key": 1}),
+            json!({"odd key": 2}),
+            &CompareOptions::default(),
+        );
         assert_eq!(d[0].0, "$['odd key']");
     }
 
     #[test]
     fn one_inserted_element_is_one_finding() {
         // Scalars: LCS alignment.
-        let d = diffs(json!({"l": ["a", "b", "c"]}), json!({"l": ["x", "a", "b", "c"]}), &CompareOptions::default());
-        assert_eq!(d, vec![("$.l[0]".into(), Change::Added, None, Some(json!("x")))]);
+        let d = diffs(
+            json!({"l": ["a", "b", "c"]}),
+            json!({"l": ["x", "a", "b", "c"]}),
+            &CompareOptions::default(),
+        );
+        assert_eq!(
+            d,
+            vec![("$.l[0]".into(), Change::Added, None, Some(json!("x")))]
+        );
         // Named objects: matched by name, one insert plus one change inside a moved element.
         let e = json!({"routes": [{"name": "api", "to": "a:1"}, {"name": "web", "to": "w:1"}]});
         let a = json!({"routes": [{"name": "new", "to": "n:1"}, {"name": "api", "to": "a:1"}, {"name": "web", "to": "w:2"}]});
@@ -663,8 +731,18 @@ mod tests {
         assert_eq!(
             d,
             vec![
-                ("$.routes[?@.name=='web'].to".into(), Change::Changed, Some(json!("w:1")), Some(json!("w:2"))),
-                ("$.routes[?@.name=='new']".into(), Change::Added, None, Some(json!({"name": "new", "to": "n:1"}))),
+                (
+                    "$.routes[?@.name=='web'].to".into(),
+                    Change::Changed,
+                    Some(json!("w:1")),
+                    Some(json!("w:2"))
+                ),
+                (
+                    "$.routes[?@.name=='new']".into(),
+                    Change::Added,
+                    None,
+                    Some(json!({"name": "new", "to": "n:1"}))
+                ),
             ]
         );
     }
@@ -678,7 +756,15 @@ mod tests {
         let e = json!({"upstreams": [{"url": "a", "w": 1}, {"url": "b", "w": 1}]});
         let a = json!({"upstreams": [{"url": "b", "w": 1}, {"url": "a", "w": 5}]});
         let d = diffs(e.clone(), a.clone(), &opts);
-        assert_eq!(d, vec![("$.upstreams[?@.url=='a'].w".into(), Change::Changed, Some(json!(1)), Some(json!(5)))]);
+        assert_eq!(
+            d,
+            vec![(
+                "$.upstreams[?@.url=='a'].w".into(),
+                Change::Changed,
+                Some(json!(1)),
+                Some(json!(5))
+            )]
+        );
         // Without the key, position decides: `a` reads as removed at 0 and re-added at 1.
         assert_eq!(diffs(e, a, &CompareOptions::default()).len(), 2);
     }
@@ -698,7 +784,12 @@ mod tests {
             d,
             vec![
                 ("$.a".into(), Change::Removed, Some(json!(1)), None),
-                ("$.l[?@.id==1].v".into(), Change::Changed, Some(json!(1)), Some(json!(2))),
+                (
+                    "$.l[?@.id==1].v".into(),
+                    Change::Changed,
+                    Some(json!(1)),
+                    Some(json!(2))
+                ),
                 ("$.s[0]".into(), Change::Removed, Some(json!("x")), None),
             ]
         );
@@ -707,7 +798,10 @@ mod tests {
     #[test]
     fn ignores_and_masks() {
         let opts = CompareOptions {
-            ignore: vec![JsonPath::parse("$.servers.*.metrics").unwrap(), JsonPath::parse("$.uptime").unwrap()],
+            ignore: vec![
+                JsonPath::parse("$.servers.*.metrics").unwrap(),
+                JsonPath::parse("$.uptime").unwrap(),
+            ],
             masks: vec![Mask {
                 pattern: Regex::new(r"\d{4}-\d\d-\d\dT[\d:]+Z").unwrap(),
                 replacement: "<time>".into(),
@@ -718,7 +812,15 @@ mod tests {
         let a = json!({"servers": {"a": {"metrics": 99, "port": 80}}, "built": "at 2026-11-26T05:00:00Z"});
         assert!(diffs(e.clone(), a, &opts).is_empty());
         let a = json!({"servers": {"a": {"metrics": 99, "port": 81}}, "built": "at 2026-11-26T05:00:00Z"});
-        assert_eq!(diffs(e, a, &opts), vec![("$.servers.a.port".into(), Change::Changed, Some(json!(80)), Some(json!(81)))]);
+        assert_eq!(
+            diffs(e, a, &opts),
+            vec![(
+                "$.servers.a.port".into(),
+                Change::Changed,
+                Some(json!(80)),
+                Some(json!(81))
+            )]
+        );
     }
 
     #[test]
@@ -732,14 +834,27 @@ mod tests {
             &tree(json!({"tls": {"min": "1.0"}, "x": 2})),
             &opts,
         );
-        let sev: Vec<_> = c.differences.iter().map(|d| (d.path.as_str(), d.severity)).collect();
-        assert_eq!(sev, vec![("$.tls.min", Some(Severity::Critical)), ("$.x", None)]);
+        let sev: Vec<_> = c
+            .differences
+            .iter()
+            .map(|d| (d.path.as_str(), d.severity))
+            .collect();
+        assert_eq!(
+            sev,
+            vec![("$.tls.min", Some(Severity::Critical)), ("$.x", None)]
+        );
     }
 
     #[test]
     fn text_line_diff_and_masks() {
         let e = Document::Text(vec!["a".into(), "b".into(), "up 5 days".into(), "c".into()]);
-        let a = Document::Text(vec!["a".into(), "B".into(), "up 9 days".into(), "c".into(), "d".into()]);
+        let a = Document::Text(vec![
+            "a".into(),
+            "B".into(),
+            "up 9 days".into(),
+            "c".into(),
+            "d".into(),
+        ]);
         let opts = CompareOptions {
             masks: vec![Mask {
                 pattern: Regex::new(r"up \d+ days").unwrap(),
@@ -748,8 +863,15 @@ mod tests {
             ..Default::default()
         };
         let c = compare(&e, &a, &opts);
-        let d: Vec<_> = c.differences.iter().map(|d| (d.path.as_str(), d.change)).collect();
-        assert_eq!(d, vec![("line 2", Change::Changed), ("line 5", Change::Added)]);
+        let d: Vec<_> = c
+            .differences
+            .iter()
+            .map(|d| (d.path.as_str(), d.change))
+            .collect();
+        assert_eq!(
+            d,
+            vec![("line 2", Change::Changed), ("line 5", Change::Added)]
+        );
         assert!(c.unified.contains("-b\n+B\n"), "{}", c.unified);
         let subset = CompareOptions {
             mode: Mode::Subset,
@@ -760,8 +882,20 @@ mod tests {
 
     #[test]
     fn unified_diff_is_readable() {
-        let c = compare(&tree(json!({"a": 1})), &tree(json!({"a": 2})), &CompareOptions::default());
-        assert!(c.unified.starts_with("--- baseline\n+++ live\n"), "{}", c.unified);
-        assert!(c.unified.contains("-  \"a\": 1\n+  \"a\": 2\n"), "{}", c.unified);
+        let c = compare(
+            &tree(json!({"a": 1})),
+            &tree(json!({"a": 2})),
+            &CompareOptions::default(),
+        );
+        assert!(
+            c.unified.starts_with("--- baseline\n+++ live\n"),
+            "{}",
+            c.unified
+        );
+        assert!(
+            c.unified.contains("-  \"a\": 1\n+  \"a\": 2\n"),
+            "{}",
+            c.unified
+        );
     }
 }

@@ -28,7 +28,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// An error at a known location.
-    pub fn at(file: &Path, line: Option<usize>, column: Option<usize>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &Path,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             line,
@@ -349,7 +354,9 @@ pub struct Plan {
 impl Plan {
     /// The configs node `node` carries.
     pub fn configs_for<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = &'a ConfigPlan> + 'a {
-        self.configs.iter().filter(move |c| c.selector.matches(node))
+        self.configs
+            .iter()
+            .filter(move |c| c.selector.matches(node))
     }
 
     /// A node by name.
@@ -366,11 +373,22 @@ impl Plan {
 /// Load and validate `plumb.toml` at `path`, its inventory, `baselines/` and `rules/`.
 pub fn load(path: &Path) -> Result<Plan, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        LoadError(vec![ConfigError::at(path, None, None, format!("cannot read: {e}"))])
+        LoadError(vec![ConfigError::at(
+            path,
+            None,
+            None,
+            format!("cannot read: {e}"),
+        )])
     })?;
     let root = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let resolver = SystemResolver { base: &root };
@@ -384,7 +402,12 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
             .span()
             .map(|s| line_col(text, s.start))
             .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        LoadError(vec![ConfigError::at(path, l, c, e.message().trim_end().to_string())])
+        LoadError(vec![ConfigError::at(
+            path,
+            l,
+            c,
+            e.message().trim_end().to_string(),
+        )])
     })?;
     let mut errs = Vec::new();
     // Locate a needle in the raw text for errors that serde cannot place.
@@ -415,7 +438,10 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         }),
     };
     if raw.scan.concurrency == 0 {
-        err("concurrency", "[scan] concurrency must be at least 1".into());
+        err(
+            "concurrency",
+            "[scan] concurrency must be at least 1".into(),
+        );
     }
     if let Some(k) = &raw.store.keep
         && let Err(e) = parse_duration(k)
@@ -432,10 +458,16 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
             Ok(body) => {
                 let parsed = if inv.file.ends_with(".json") {
                     serde_json::from_str::<Vec<Node>>(&body).map_err(|e| {
-                        ConfigError::at(&p, Some(e.line()), Some(e.column()), strip_at(&e.to_string()))
+                        ConfigError::at(
+                            &p,
+                            Some(e.line()),
+                            Some(e.column()),
+                            strip_at(&e.to_string()),
+                        )
                     })
                 } else if inv.file.ends_with(".csv") {
-                    inventory::parse_csv(&body).map_err(|(l, m)| ConfigError::at(&p, Some(l), None, m))
+                    inventory::parse_csv(&body)
+                        .map_err(|(l, m)| ConfigError::at(&p, Some(l), None, m))
                 } else {
                     Err(ConfigError::at(
                         &p,
@@ -458,7 +490,10 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
                 path,
                 locate(&n.name).0,
                 None,
-                format!("node name `{}` must be letters, digits and . _ - : @ only", n.name),
+                format!(
+                    "node name `{}` must be letters, digits and . _ - : @ only",
+                    n.name
+                ),
             ));
         } else if !seen.insert(n.name.clone()) {
             let needle = format!("\"{}\"", n.name);
@@ -466,7 +501,12 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
                 .rfind(&needle)
                 .map(|o| line_col(text, o))
                 .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            errs.push(ConfigError::at(path, l, c, format!("node `{}` is defined twice", n.name)));
+            errs.push(ConfigError::at(
+                path,
+                l,
+                c,
+                format!("node `{}` is defined twice", n.name),
+            ));
         }
     }
 
@@ -477,7 +517,12 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         let needle = format!("\"{}\"", c.name);
         let mut cerr = |m: String| {
             let (l, col) = locate(&needle);
-            errs.push(ConfigError::at(path, l, col, format!("config `{}`: {m}", c.name)));
+            errs.push(ConfigError::at(
+                path,
+                l,
+                col,
+                format!("config `{}`: {m}", c.name),
+            ));
         };
         if !inventory::valid_name(&c.name) {
             cerr("the name must be letters, digits and . _ - : @ only".into());
@@ -492,7 +537,11 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
             Err(msgs) => {
                 for (needle2, m) in msgs {
                     let (l, col) = needle2.as_deref().map_or((None, None), &locate);
-                    let (l, col) = if l.is_some() { (l, col) } else { locate(&needle) };
+                    let (l, col) = if l.is_some() {
+                        (l, col)
+                    } else {
+                        locate(&needle)
+                    };
                     errs.push(ConfigError::at(path, l, col, m));
                 }
             }
@@ -504,7 +553,12 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         for n in nodes.iter().filter(|n| c.selector.matches(n)) {
             if let Err(m) = check_templates(&c.source, n) {
                 let (l, col) = locate(&format!("\"{}\"", c.name));
-                errs.push(ConfigError::at(path, l, col, format!("config `{}`: {m}", c.name)));
+                errs.push(ConfigError::at(
+                    path,
+                    l,
+                    col,
+                    format!("config `{}`: {m}", c.name),
+                ));
             }
         }
     }
@@ -514,7 +568,12 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
     for s in &raw.schedules {
         if !sched_names.insert(s.name.clone()) {
             let (l, col) = locate(&format!("\"{}\"", s.name));
-            errs.push(ConfigError::at(path, l, col, format!("schedule `{}` is defined twice", s.name)));
+            errs.push(ConfigError::at(
+                path,
+                l,
+                col,
+                format!("schedule `{}` is defined twice", s.name),
+            ));
         }
     }
 
@@ -558,22 +617,37 @@ fn strip_at(msg: &str) -> String {
 
 type Located = Vec<(Option<String>, String)>;
 
-fn build_config(c: RawConfigDef, scan: &ScanSettings, root: &Path, r: &dyn Resolver) -> Result<ConfigPlan, Located> {
+fn build_config(
+    c: RawConfigDef,
+    scan: &ScanSettings,
+    root: &Path,
+    r: &dyn Resolver,
+) -> Result<ConfigPlan, Located> {
     let mut errs: Located = Vec::new();
     let name = c.name.clone();
-    let mut e = |needle: &str, m: String| errs.push((Some(needle.to_string()), format!("config `{name}`: {m}")));
+    let mut e = |needle: &str, m: String| {
+        errs.push((Some(needle.to_string()), format!("config `{name}`: {m}")))
+    };
     let tmpl = |s: &str, allow: Allow, what: &str, e: &mut dyn FnMut(&str, String)| {
-        Template::parse(s, allow, r).map_err(|m| e(s, format!("{what}: {m}"))).ok()
+        Template::parse(s, allow, r)
+            .map_err(|m| e(s, format!("{what}: {m}")))
+            .ok()
     };
 
-    let n_sources = [c.source.http.is_some(), c.source.file.is_some(), c.source.command.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let n_sources = [
+        c.source.http.is_some(),
+        c.source.file.is_some(),
+        c.source.command.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if n_sources != 1 {
         e(
             "source",
-            format!("needs exactly one of source.http, source.file, source.command (found {n_sources})"),
+            format!(
+                "needs exactly one of source.http, source.file, source.command (found {n_sources})"
+            ),
         );
     }
     let read_pem = |p: &str, e: &mut dyn FnMut(&str, String)| -> Option<Vec<u8>> {
@@ -585,7 +659,10 @@ fn build_config(c: RawConfigDef, scan: &ScanSettings, root: &Path, r: &dyn Resol
     let source = if let Some(url) = &c.source.http {
         let url_t = tmpl(url, Allow::All, "source.http", &mut e);
         if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("${")) {
-            e(url, format!("source.http `{url}` must start with http:// or https://"));
+            e(
+                url,
+                format!("source.http `{url}` must start with http:// or https://"),
+            );
         }
         let mut headers = Vec::new();
         for (k, v) in &c.headers {
@@ -621,7 +698,10 @@ fn build_config(c: RawConfigDef, scan: &ScanSettings, root: &Path, r: &dyn Resol
         })
     } else if let Some(argv) = &c.source.command {
         if argv.is_empty() {
-            e("command", "source.command needs at least the program".into());
+            e(
+                "command",
+                "source.command needs at least the program".into(),
+            );
         }
         let ts: Vec<Option<Template>> = argv
             .iter()
@@ -650,16 +730,20 @@ fn build_config(c: RawConfigDef, scan: &ScanSettings, root: &Path, r: &dyn Resol
         Some(OneOrMany::Many(d)) => d,
     };
     if (extract.is_some() || !decode.is_empty()) && c.format == Format::Text {
-        e("extract", "extract and decode need a structured format, not text".into());
+        e(
+            "extract",
+            "extract and decode need a structured format, not text".into(),
+        );
     }
     let compare = compile_compare(&c.compare, &mut e);
-    let dur = |s: &Option<String>, dflt: Duration, what: &str, e: &mut dyn FnMut(&str, String)| match s {
-        None => dflt,
-        Some(s) => parse_duration(s).unwrap_or_else(|m| {
-            e(s, format!("{what}: {m}"));
-            dflt
-        }),
-    };
+    let dur =
+        |s: &Option<String>, dflt: Duration, what: &str, e: &mut dyn FnMut(&str, String)| match s {
+            None => dflt,
+            Some(s) => parse_duration(s).unwrap_or_else(|m| {
+                e(s, format!("{what}: {m}"));
+                dflt
+            }),
+        };
     let timeout = dur(&c.timeout, scan.timeout, "timeout", &mut e);
     let max_body = match &c.max_body {
         None => scan.max_body,
@@ -668,7 +752,6 @@ fn build_config(c: RawConfigDef, scan: &ScanSettings, root: &Path, r: &dyn Resol
             scan.max_body
         }),
     };
-    drop(e);
     match (source, errs.is_empty()) {
         (Some(source), true) => Ok(ConfigPlan {
             name: c.name,
@@ -739,7 +822,10 @@ impl PartialCompare {
                     replacement: m.replace.clone(),
                 }),
                 Err(err) => {
-                    e(&m.pattern, format!("mask `{}` is not a valid regex: {err}", m.pattern));
+                    e(
+                        &m.pattern,
+                        format!("mask `{}` is not a valid regex: {err}", m.pattern),
+                    );
                     None
                 }
             })
@@ -885,12 +971,25 @@ ignore = ["$.[bad"]
         )
         .unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("plumb.toml:2:1: [scan] timeout: `soon` is not a duration"), "{s}");
-        assert!(s.contains("plumb.toml:8:8: node `a` is defined twice"), "{s}");
-        assert!(s.contains(":14:") && s.contains("ignore `$.[bad` is not a valid JSONPath"), "{s}");
+        assert!(
+            s.contains("plumb.toml:2:1: [scan] timeout: `soon` is not a duration"),
+            "{s}"
+        );
+        assert!(
+            s.contains("plumb.toml:8:8: node `a` is defined twice"),
+            "{s}"
+        );
+        assert!(
+            s.contains(":14:") && s.contains("ignore `$.[bad` is not a valid JSONPath"),
+            "{s}"
+        );
         let e = load_text("[[node]]\nname = \"a\"\n[[config]]\nname = \"c\"\nsource.http = \"http://${node.vars.host}/\"\nformat = \"json\"\n")
             .unwrap_err();
-        assert!(e.to_string().contains(":4:8: config `c`: node `a` has no var `host`"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":4:8: config `c`: node `a` has no var `host`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -899,7 +998,10 @@ ignore = ["$.[bad"]
             "[[config]]\nname = \"c\"\nsource.http = \"http://x/\"\nheaders = { A = \"${env:MISSING}\" }\nformat = \"json\"\n",
         )
         .unwrap_err();
-        assert!(e.to_string().contains(":4:") && e.to_string().contains("`MISSING` is not set"), "{e}");
+        assert!(
+            e.to_string().contains(":4:") && e.to_string().contains("`MISSING` is not set"),
+            "{e}"
+        );
     }
 
     #[test]

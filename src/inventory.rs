@@ -66,7 +66,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<Node>, (usize, String)> {
         return Ok(Vec::new());
     };
     if header.first().map(|h| h.trim()) != Some("name") {
-        return Err((*header_line, "the first column of the header must be `name`".into()));
+        return Err((
+            *header_line,
+            "the first column of the header must be `name`".into(),
+        ));
     }
     let mut nodes = Vec::new();
     for (line, row) in rows.iter().skip(1) {
@@ -102,7 +105,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<Node>, (usize, String)> {
 }
 
 /// Rows of a CSV text (RFC 4180 quoting), each with the line it starts on.
-fn csv_rows(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// A CSV row and the line it starts on.
+type Row = (usize, Vec<String>);
+
+fn csv_rows(text: &str) -> Result<Vec<Row>, (usize, String)> {
     let mut rows = Vec::new();
     let mut line = 1;
     let mut chars = text.chars().peekable();
@@ -145,7 +151,8 @@ fn csv_rows(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
                 Some(c) => field.push(c),
             }
         }
-        if !(row.len() == 1 && row[0].is_empty()) && !row[0].starts_with('#') {
+        let blank = row.len() == 1 && row[0].is_empty();
+        if !blank && !row[0].starts_with('#') {
             rows.push((start, row));
         }
     }

@@ -43,7 +43,11 @@ pub enum ScanError {
 }
 
 /// Run one scan.
-pub async fn run(plan: Arc<Plan>, collector: Arc<Collector>, opts: ScanOptions) -> Result<ScanOutput, ScanError> {
+pub async fn run(
+    plan: Arc<Plan>,
+    collector: Arc<Collector>,
+    opts: ScanOptions,
+) -> Result<ScanOutput, ScanError> {
     if let Some(n) = &opts.node
         && plan.node(n).is_none()
     {
@@ -84,7 +88,8 @@ pub async fn run(plan: Arc<Plan>, collector: Arc<Collector>, opts: ScanOptions) 
     let sem = Arc::new(Semaphore::new(plan.scan.concurrency));
     let mut set = tokio::task::JoinSet::new();
     for (ni, ci) in targets_wanted.iter().copied() {
-        let (plan, collector, sem, now) = (plan.clone(), collector.clone(), sem.clone(), now.clone());
+        let (plan, collector, sem, now) =
+            (plan.clone(), collector.clone(), sem.clone(), now.clone());
         let keep = opts.keep_documents;
         set.spawn(async move {
             let permit = sem.acquire_owned().await;

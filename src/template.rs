@@ -81,10 +81,9 @@ impl Template {
                 Some(Part::NodeName)
             } else if let Some(v) = expr.strip_prefix("node.vars.") {
                 Some(Part::Var(v.to_string()))
-            } else if let Some(l) = expr.strip_prefix("node.labels.") {
-                Some(Part::Label(l.to_string()))
             } else {
-                None
+                expr.strip_prefix("node.labels.")
+                    .map(|l| Part::Label(l.to_string()))
             };
             if let Some(p) = node_part {
                 if allow == Allow::Secrets {
@@ -96,7 +95,9 @@ impl Template {
                 parts.push(p);
             } else if let Some(name) = expr.strip_prefix("env:") {
                 if allow == Allow::Node {
-                    return Err(format!("`${{{expr}}}` is not allowed here (only ${{node.*}})"));
+                    return Err(format!(
+                        "`${{{expr}}}` is not allowed here (only ${{node.*}})"
+                    ));
                 }
                 match r.env(name) {
                     Some(v) => lit.push_str(&v),
@@ -104,7 +105,9 @@ impl Template {
                 }
             } else if let Some(path) = expr.strip_prefix("file:") {
                 if allow == Allow::Node {
-                    return Err(format!("`${{{expr}}}` is not allowed here (only ${{node.*}})"));
+                    return Err(format!(
+                        "`${{{expr}}}` is not allowed here (only ${{node.*}})"
+                    ));
                 }
                 lit.push_str(&r.file(path)?);
             } else {
@@ -155,7 +158,11 @@ impl Template {
     }
 
     /// Render each piece through `f` (used to validate node values before they reach argv or paths).
-    pub fn render_with(&self, node: &Node, check: &dyn Fn(&str) -> Result<(), String>) -> Result<String, String> {
+    pub fn render_with(
+        &self,
+        node: &Node,
+        check: &dyn Fn(&str) -> Result<(), String>,
+    ) -> Result<String, String> {
         let mut s = String::new();
         for p in &self.parts {
             let piece = match p {
@@ -205,7 +212,11 @@ pub(crate) mod tests {
     #[test]
     fn renders_node_parts_and_secrets() {
         let r = MapResolver(
-            [("TOKEN".to_string(), "s3cret".to_string()), ("file:/k".to_string(), "key".to_string())].into(),
+            [
+                ("TOKEN".to_string(), "s3cret".to_string()),
+                ("file:/k".to_string(), "key".to_string()),
+            ]
+            .into(),
         );
         let t = Template::parse(
             "http://${node.vars.host}:2019/${node.labels.dc}/${node.name}?t=${env:TOKEN}&k=${file:/k}&p=$$x",
@@ -214,18 +225,36 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(t.is_per_node());
-        assert_eq!(t.render(&node()).unwrap(), "http://10.0.0.1:2019/ams/edge-1?t=s3cret&k=key&p=$x");
+        assert_eq!(
+            t.render(&node()).unwrap(),
+            "http://10.0.0.1:2019/ams/edge-1?t=s3cret&k=key&p=$x"
+        );
     }
 
     #[test]
     fn errors_are_specific() {
         let r = MapResolver(BTreeMap::new());
-        assert!(Template::parse("${env:NOPE}", Allow::All, &r).unwrap_err().contains("`NOPE` is not set"));
-        assert!(Template::parse("${nope}", Allow::All, &r).unwrap_err().contains("unknown placeholder"));
-        assert!(Template::parse("${node.name", Allow::All, &r).unwrap_err().contains("unclosed"));
+        assert!(
+            Template::parse("${env:NOPE}", Allow::All, &r)
+                .unwrap_err()
+                .contains("`NOPE` is not set")
+        );
+        assert!(
+            Template::parse("${nope}", Allow::All, &r)
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(
+            Template::parse("${node.name", Allow::All, &r)
+                .unwrap_err()
+                .contains("unclosed")
+        );
         assert!(Template::parse("${env:X}", Allow::Node, &r).is_err());
         assert!(Template::parse("${node.name}", Allow::Secrets, &r).is_err());
         let t = Template::parse("${node.vars.port}", Allow::All, &r).unwrap();
-        assert_eq!(t.render(&node()).unwrap_err(), "node `edge-1` has no var `port`");
+        assert_eq!(
+            t.render(&node()).unwrap_err(),
+            "node `edge-1` has no var `port`"
+        );
     }
 }

@@ -15,7 +15,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{s}` is not a duration (e.g. 10s, 500ms, 5m, 4h, 2d)"));
+            return Err(format!(
+                "`{s}` is not a duration (e.g. 10s, 500ms, 5m, 4h, 2d)"
+            ));
         }
         let n: f64 = rest[..digits]
             .parse()
@@ -32,7 +34,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => n * 86400.0,
             "w" => n * 7.0 * 86400.0,
             "" => return Err(format!("`{s}` needs a unit (ms, s, m, h, d, w)")),
-            u => return Err(format!("`{s}`: unknown duration unit `{u}` (ms, s, m, h, d, w)")),
+            u => {
+                return Err(format!(
+                    "`{s}`: unknown duration unit `{u}` (ms, s, m, h, d, w)"
+                ));
+            }
         };
         rest = &rest[unit_len..];
         total += Duration::from_secs_f64(secs);
@@ -60,7 +66,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" | "Mi" => 1 << 20,
         "GB" | "G" => 1_000_000_000,
         "GiB" | "Gi" => 1 << 30,
-        u => return Err(format!("`{s}`: unknown size unit `{u}` (B, KiB, MiB, GiB, kB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{u}` (B, KiB, MiB, GiB, kB, MB, GB)"
+            ));
+        }
     };
     Ok((n * mult as f64) as u64)
 }

@@ -18,10 +18,18 @@ fn check_value(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) async fn run(root: &Path, argv: &[Template], node: &Node, max_body: u64) -> Result<Vec<u8>, CollectError> {
+pub(super) async fn run(
+    root: &Path,
+    argv: &[Template],
+    node: &Node,
+    max_body: u64,
+) -> Result<Vec<u8>, CollectError> {
     let mut args = Vec::with_capacity(argv.len());
     for a in argv {
-        args.push(a.render_with(node, &check_value).map_err(CollectError::Refused)?);
+        args.push(
+            a.render_with(node, &check_value)
+                .map_err(CollectError::Refused)?,
+        );
     }
     let Some((program, rest)) = args.split_first() else {
         return Err(CollectError::Spawn {
@@ -67,7 +75,11 @@ pub(super) async fn run(root: &Path, argv: &[Template], node: &Node, max_body: u
     })?;
     if !status.success() {
         let text = String::from_utf8_lossy(&err);
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
         return Err(CollectError::Exit {
             program: program.clone(),
             status: match status.code() {

@@ -9,7 +9,9 @@ use tokio::io::AsyncReadExt;
 
 fn check_value(v: &str) -> Result<(), String> {
     if v.contains('/') || v.contains('\\') || v == ".." || v == "." || v.contains('\0') {
-        return Err(format!("`{v}` may not be used in a file path (no separators, `.` or `..`)"));
+        return Err(format!(
+            "`{v}` may not be used in a file path (no separators, `.` or `..`)"
+        ));
     }
     Ok(())
 }
@@ -21,14 +23,18 @@ pub(super) async fn read(
     node: &Node,
     max_body: u64,
 ) -> Result<Vec<u8>, CollectError> {
-    let rel = path.render_with(node, &check_value).map_err(CollectError::Refused)?;
+    let rel = path
+        .render_with(node, &check_value)
+        .map_err(CollectError::Refused)?;
     let full = root.join(&rel);
     let err = |m: String| CollectError::File {
         path: full.display().to_string(),
         message: m,
     };
     if !allowed_roots.is_empty() {
-        let canon = tokio::fs::canonicalize(&full).await.map_err(|e| err(e.to_string()))?;
+        let canon = tokio::fs::canonicalize(&full)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         let mut ok = false;
         for r in allowed_roots {
             if let Ok(rc) = tokio::fs::canonicalize(r).await
@@ -44,7 +50,9 @@ pub(super) async fn read(
             )));
         }
     }
-    let f = tokio::fs::File::open(&full).await.map_err(|e| err(e.to_string()))?;
+    let f = tokio::fs::File::open(&full)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let mut buf = Vec::new();
     let n = f
         .take(max_body + 1)

@@ -5,7 +5,10 @@ use super::CollectError;
 use crate::config::TlsSettings;
 
 /// Build a pooled client for one TLS setting.
-pub(super) fn client(tls: &TlsSettings, max_redirects: usize) -> Result<reqwest::Client, CollectError> {
+pub(super) fn client(
+    tls: &TlsSettings,
+    max_redirects: usize,
+) -> Result<reqwest::Client, CollectError> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(max_redirects))
         .user_agent(concat!("plumb/", env!("CARGO_PKG_VERSION")))
@@ -19,8 +22,8 @@ pub(super) fn client(tls: &TlsSettings, max_redirects: usize) -> Result<reqwest:
         b = b.tls_certs_merge(certs);
     }
     if let Some(id) = &tls.identity {
-        let identity =
-            reqwest::Identity::from_pem(id).map_err(|e| CollectError::Tls(format!("client certificate: {e}")))?;
+        let identity = reqwest::Identity::from_pem(id)
+            .map_err(|e| CollectError::Tls(format!("client certificate: {e}")))?;
         b = b.identity(identity);
     }
     b.build()

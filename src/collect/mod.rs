@@ -67,6 +67,9 @@ impl CollectError {
     }
 }
 
+/// (CA bundle, client identity, max redirects): configs that agree share one client.
+type ClientKey = (Option<Vec<u8>>, Option<Vec<u8>>, usize);
+
 /// Fetches configs; holds one pooled HTTP client per distinct TLS setting.
 pub struct Collector {
     clients: HashMap<usize, reqwest::Client>,
@@ -76,10 +79,13 @@ pub struct Collector {
 impl Collector {
     /// Build the HTTP clients the plan's configs need.
     pub fn new(plan: &Plan) -> Result<Collector, CollectError> {
-        let mut by_setting: HashMap<(Option<Vec<u8>>, Option<Vec<u8>>, usize), reqwest::Client> = HashMap::new();
+        let mut by_setting: HashMap<ClientKey, reqwest::Client> = HashMap::new();
         let mut clients = HashMap::new();
         for (i, c) in plan.configs.iter().enumerate() {
-            if let SourceSpec::Http { tls, max_redirects, .. } = &c.source {
+            if let SourceSpec::Http {
+                tls, max_redirects, ..
+            } = &c.source
+            {
                 let key = (tls.ca.clone(), tls.identity.clone(), *max_redirects);
                 let client = match by_setting.get(&key) {
                     Some(cl) => cl.clone(),
@@ -99,7 +105,12 @@ impl Collector {
     }
 
     /// Fetch `config` from `node`, with retries, within the config's timeout per attempt.
-    pub async fn fetch(&self, plan: &Plan, config: &ConfigPlan, node: &Node) -> Result<Vec<u8>, CollectError> {
+    pub async fn fetch(
+        &self,
+        plan: &Plan,
+        config: &ConfigPlan,
+        node: &Node,
+    ) -> Result<Vec<u8>, CollectError> {
         let index = plan
             .configs
             .iter()
@@ -107,7 +118,8 @@ impl Collector {
             .unwrap_or(usize::MAX);
         let mut attempt = 0u32;
         loop {
-            let result = tokio::time::timeout(config.timeout, self.fetch_once(index, config, node)).await;
+            let result =
+                tokio::time::timeout(config.timeout, self.fetch_once(index, config, node)).await;
             let err = match result {
                 Ok(Ok(body)) => return Ok(body),
                 Ok(Err(e)) => e,
@@ -121,7 +133,12 @@ impl Collector {
         }
     }
 
-    async fn fetch_once(&self, index: usize, config: &ConfigPlan, node: &Node) -> Result<Vec<u8>, CollectError> {
+    async fn fetch_once(
+        &self,
+        index: usize,
+        config: &ConfigPlan,
+        node: &Node,
+    ) -> Result<Vec<u8>, CollectError> {
         match &config.source {
             SourceSpec::Http { url, headers, .. } => {
                 let client = self
@@ -135,10 +152,13 @@ impl Collector {
                 }
                 http::get(client, &url, &hs, config.max_body).await
             }
-            SourceSpec::File { path, allowed_roots } => {
-                file::read(&self.root, path, allowed_roots, node, config.max_body).await
+            SourceSpec::File {
+                path,
+                allowed_roots,
+            } => file::read(&self.root, path, allowed_roots, node, config.max_body).await,
+            SourceSpec::Command { argv } => {
+                command::run(&self.root, argv, node, config.max_body).await
             }
-            SourceSpec::Command { argv } => command::run(&self.root, argv, node, config.max_body).await,
         }
     }
 }
@@ -162,15 +182,30 @@ mod tests {
             let d = backoff(b, a, "n");
             let nominal = 100.0 * f64::from(1u32 << a);
             let ms = d.as_secs_f64() * 1000.0;
-            assert!(ms >= nominal * 0.74 && ms <= nominal * 1.26, "attempt {a}: {ms}");
+            assert!(
+                ms >= nominal * 0.74 && ms <= nominal * 1.26,
+                "attempt {a}: {ms}"
+            );
         }
     }
 
     #[test]
     fn transient_errors() {
         assert!(CollectError::Timeout(Duration::from_secs(1)).is_transient());
-        assert!(CollectError::Status { code: 503, reason: String::new() }.is_transient());
-        assert!(!CollectError::Status { code: 404, reason: String::new() }.is_transient());
+        assert!(
+            CollectError::Status {
+                code: 503,
+                reason: String::new()
+            }
+            .is_transient()
+        );
+        assert!(
+            !CollectError::Status {
+                code: 404,
+                reason: String::new()
+            }
+            .is_transient()
+        );
         assert!(!CollectError::Tls("x".into()).is_transient());
         assert!(!CollectError::TooLarge { limit: 1 }.is_transient());
     }

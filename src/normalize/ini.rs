@@ -17,7 +17,10 @@ pub(super) fn parse(text: &str) -> Result<Value, (usize, String)> {
         }
         if let Some(rest) = line.strip_prefix('[') {
             let Some(name) = rest.strip_suffix(']') else {
-                return Err((line_no, format!("section header `{line}` has no closing `]`")));
+                return Err((
+                    line_no,
+                    format!("section header `{line}` has no closing `]`"),
+                ));
             };
             let name = name.trim();
             if name.is_empty() {
@@ -26,7 +29,10 @@ pub(super) fn parse(text: &str) -> Result<Value, (usize, String)> {
             match root.get(name) {
                 Some(Value::Object(_)) | None => {}
                 Some(_) => {
-                    return Err((line_no, format!("section `{name}` clashes with a top-level key")));
+                    return Err((
+                        line_no,
+                        format!("section `{name}` clashes with a top-level key"),
+                    ));
                 }
             }
             root.entry(name.to_string())
@@ -52,7 +58,6 @@ pub(super) fn parse(text: &str) -> Result<Value, (usize, String)> {
     }
     Ok(Value::Object(root))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,6 @@ pub(super) fn parse(text: &str) -> Result<Value, (usize, String)> {
     Ok(Value::Object(root))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

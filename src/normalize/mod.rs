@@ -269,8 +269,13 @@ pub fn parse(format: Format, bytes: &[u8]) -> Result<Document, NormalizeError> {
         message,
     };
     let tree = match format {
-        Format::Json => serde_json::from_str::<Value>(text)
-            .map_err(|e| syntax(Some(e.line()), Some(e.column()), strip_location(&e.to_string())))?,
+        Format::Json => serde_json::from_str::<Value>(text).map_err(|e| {
+            syntax(
+                Some(e.line()),
+                Some(e.column()),
+                strip_location(&e.to_string()),
+            )
+        })?,
         Format::Yaml => parse_yaml(text).map_err(|(l, c, m)| syntax(l, c, m))?,
         Format::Toml => {
             let table: toml::Table = toml::from_str(text).map_err(|e| {
@@ -297,7 +302,9 @@ fn parse_yaml(text: &str) -> Result<Value, (Option<usize>, Option<usize>, String
     serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|e| {
         let msg = e.to_string();
         let loc = e.location();
-        let (l, c) = loc.map_or((None, None), |l| (Some(l.line() as usize), Some(l.column() as usize)));
+        let (l, c) = loc.map_or((None, None), |l| {
+            (Some(l.line() as usize), Some(l.column() as usize))
+        });
         (l, c, first_line(&msg))
     })
 }
@@ -373,7 +380,7 @@ pub fn canonicalize(v: Value) -> Value {
 
 /// Remove one pair of matching quotes around a value.
 pub(crate) fn unquote(v: &str) -> &str {
-    for q in ['"', '\'']{
+    for q in ['"', '\''] {
         if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
             return &v[1..v.len() - 1];
         }
@@ -409,7 +416,10 @@ mod tests {
 
     #[test]
     fn json_yaml_toml_agree() {
-        let j = tree(Format::Json, r#"{"port": 80, "tls": {"on": true}, "w": 1.0}"#);
+        let j = tree(
+            Format::Json,
+            r#"{"port": 80, "tls": {"on": true}, "w": 1.0}"#,
+        );
         let y = tree(Format::Yaml, "port: 80\ntls:\n  on: true\nw: 1\n");
         let t = tree(Format::Toml, "port = 80\nw = 1.0\n[tls]\non = true\n");
         assert_eq!(j, json!({"port": 80, "tls": {"on": true}, "w": 1}));
@@ -419,8 +429,14 @@ mod tests {
 
     #[test]
     fn yaml_norway_stays_a_string() {
-        let y = tree(Format::Yaml, "country: no\nflag: off\nyes_: on\nreal: true\n");
-        assert_eq!(y, json!({"country": "no", "flag": "off", "yes_": "on", "real": true}));
+        let y = tree(
+            Format::Yaml,
+            "country: no\nflag: off\nyes_: on\nreal: true\n",
+        );
+        assert_eq!(
+            y,
+            json!({"country": "no", "flag": "off", "yes_": "on", "real": true})
+        );
     }
 
     #[test]
@@ -432,9 +448,21 @@ mod tests {
         );
         assert!(e.to_string().contains("line 3"), "{e}");
         let e = parse(Format::Toml, b"a = 1\nb = \n").unwrap_err();
-        assert!(matches!(e, NormalizeError::Syntax { line: Some(2), .. }), "{e:?}");
+        assert!(
+            matches!(e, NormalizeError::Syntax { line: Some(2), .. }),
+            "{e:?}"
+        );
         let e = parse(Format::Yaml, b"a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(matches!(e, NormalizeError::Syntax { format: Format::Yaml, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                NormalizeError::Syntax {
+                    format: Format::Yaml,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -461,7 +489,10 @@ mod tests {
     fn extract_and_decode_yaml_inside_json() {
         let n = Normalizer {
             format: Format::Json,
-            extract: Some(("$.data.yaml".into(), JsonPath::parse("$.data.yaml").unwrap())),
+            extract: Some((
+                "$.data.yaml".into(),
+                JsonPath::parse("$.data.yaml").unwrap(),
+            )),
             decode: vec![Decode::Yaml],
         };
         let doc = n
@@ -469,7 +500,10 @@ mod tests {
             .unwrap();
         assert_eq!(doc, Document::Tree(json!({"replicas": 3, "mode": "off"})));
         let err = n.normalize(br#"{"data":{}}"#).unwrap_err();
-        assert!(matches!(err, NormalizeError::Extract { count: 0, .. }), "{err:?}");
+        assert!(
+            matches!(err, NormalizeError::Extract { count: 0, .. }),
+            "{err:?}"
+        );
         let err = n.normalize(br#"{"data":{"yaml":7}}"#).unwrap_err();
         assert!(matches!(err, NormalizeError::Decode { .. }), "{err:?}");
     }
@@ -498,6 +532,9 @@ mod tests {
     #[test]
     fn canonical_text_is_sorted_pretty_json() {
         let d = Document::Tree(json!({"b": 1, "a": [true]}));
-        assert_eq!(d.canonical_text(), "{\n  \"a\": [\n    true\n  ],\n  \"b\": 1\n}\n");
+        assert_eq!(
+            d.canonical_text(),
+            "{\n  \"a\": [\n    true\n  ],\n  \"b\": 1\n}\n"
+        );
     }
 }

@@ -48,7 +48,12 @@ pub struct Report {
 
 impl Report {
     /// Build from the targets of a scan.
-    pub fn build(started: DateTime<Utc>, finished: DateTime<Utc>, nodes: usize, targets: &[TargetResult]) -> Report {
+    pub fn build(
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+        nodes: usize,
+        targets: &[TargetResult],
+    ) -> Report {
         let mut unreadable = std::collections::BTreeSet::new();
         let mut findings = Vec::new();
         let mut diffs = Vec::new();
@@ -74,12 +79,20 @@ impl Report {
         };
         for f in &findings {
             *summary.by_kind.entry(f.kind.to_string()).or_default() += 1;
-            *summary.by_severity.entry(f.severity.to_string()).or_default() += 1;
+            *summary
+                .by_severity
+                .entry(f.severity.to_string())
+                .or_default() += 1;
         }
         let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let id_hash = blake3::hash(format!("{}{:?}", fmt(started), std::time::Instant::now()).as_bytes());
+        let id_hash =
+            blake3::hash(format!("{}{:?}", fmt(started), std::time::Instant::now()).as_bytes());
         Report {
-            scan_id: format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), &id_hash.to_hex()[..8]),
+            scan_id: format!(
+                "{}-{}",
+                started.format("%Y%m%dT%H%M%SZ"),
+                &id_hash.to_hex()[..8]
+            ),
             started_at: fmt(started),
             finished_at: fmt(finished),
             duration_ms: (finished - started).num_milliseconds().max(0) as u64,
@@ -165,7 +178,11 @@ pub fn human(report: &Report, style: Style) -> String {
     for f in &report.findings {
         if current != Some((&f.node, &f.config)) {
             current = Some((&f.node, &f.config));
-            let _ = writeln!(out, "\n{}", style.paint("1", &format!("{} / {}", f.node, f.config)));
+            let _ = writeln!(
+                out,
+                "\n{}",
+                style.paint("1", &format!("{} / {}", f.node, f.config))
+            );
             if let Some(d) = report
                 .diffs
                 .iter()
@@ -270,25 +287,46 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(report(vec![]).exit_code(Severity::Low), 0);
-        assert_eq!(report(vec![finding(Kind::Drift, Severity::Medium)]).exit_code(Severity::Low), 1);
-        assert_eq!(report(vec![finding(Kind::Drift, Severity::Medium)]).exit_code(Severity::High), 0);
-        assert_eq!(report(vec![finding(Kind::Drift, Severity::Info)]).exit_code(Severity::Low), 0);
-        assert_eq!(report(vec![finding(Kind::Unreachable, Severity::Medium)]).exit_code(Severity::Low), 3);
         assert_eq!(
-            report(vec![finding(Kind::Drift, Severity::Low), finding(Kind::Invalid, Severity::Medium)])
-                .exit_code(Severity::Low),
+            report(vec![finding(Kind::Drift, Severity::Medium)]).exit_code(Severity::Low),
             1
         );
         assert_eq!(
-            report(vec![finding(Kind::Drift, Severity::Low), finding(Kind::Unbaselined, Severity::Medium)])
-                .exit_code(Severity::Medium),
+            report(vec![finding(Kind::Drift, Severity::Medium)]).exit_code(Severity::High),
+            0
+        );
+        assert_eq!(
+            report(vec![finding(Kind::Drift, Severity::Info)]).exit_code(Severity::Low),
+            0
+        );
+        assert_eq!(
+            report(vec![finding(Kind::Unreachable, Severity::Medium)]).exit_code(Severity::Low),
+            3
+        );
+        assert_eq!(
+            report(vec![
+                finding(Kind::Drift, Severity::Low),
+                finding(Kind::Invalid, Severity::Medium)
+            ])
+            .exit_code(Severity::Low),
+            1
+        );
+        assert_eq!(
+            report(vec![
+                finding(Kind::Drift, Severity::Low),
+                finding(Kind::Unbaselined, Severity::Medium)
+            ])
+            .exit_code(Severity::Medium),
             3
         );
     }
 
     #[test]
     fn summary_counts() {
-        let r = report(vec![finding(Kind::Drift, Severity::Medium), finding(Kind::Drift, Severity::High)]);
+        let r = report(vec![
+            finding(Kind::Drift, Severity::Medium),
+            finding(Kind::Drift, Severity::High),
+        ]);
         assert_eq!(r.summary.total, 2);
         assert_eq!(r.summary.by_kind["drift"], 2);
         assert_eq!(r.summary.by_severity["high"], 1);

@@ -12,9 +12,18 @@ use std::collections::HashMap;
 
 /// The nodes that deviate from their baselines, and how.
 pub const DEVIATIONS: &[(&str, &str)] = &[
-    ("edge-ams-3", "caddy: the api route proxies to a canary upstream"),
-    ("edge-fra-2", "caddy: an unapproved debug route was inserted first"),
-    ("edge-fra-4", "caddy: minimum TLS version went back to tls1.0"),
+    (
+        "edge-ams-3",
+        "caddy: the api route proxies to a canary upstream",
+    ),
+    (
+        "edge-fra-2",
+        "caddy: an unapproved debug route was inserted first",
+    ),
+    (
+        "edge-fra-4",
+        "caddy: minimum TLS version went back to tls1.0",
+    ),
     ("edge-ams-5", "sysctl: IP forwarding switched on"),
     ("db-3", "postgres: max_connections raised to 500"),
     ("edge-fra-6", "caddy: serves truncated JSON"),
@@ -123,7 +132,10 @@ pub fn specs(nodes: &[Node]) -> Vec<NodeSpec> {
         .iter()
         .map(|n| {
             let mut routes = HashMap::new();
-            routes.insert("/sysctl".to_string(), Behavior::serve("text/plain", sysctl(n)));
+            routes.insert(
+                "/sysctl".to_string(),
+                Behavior::serve("text/plain", sysctl(n)),
+            );
             match label(n, "role") {
                 "edge" => {
                     let body = caddy(n).to_string();
@@ -132,11 +144,20 @@ pub fn specs(nodes: &[Node]) -> Vec<NodeSpec> {
                     } else {
                         body
                     };
-                    routes.insert("/config/".to_string(), Behavior::serve("application/json", body));
+                    routes.insert(
+                        "/config/".to_string(),
+                        Behavior::serve("application/json", body),
+                    );
                 }
                 "db" => {
-                    routes.insert("/postgresql.conf".to_string(), Behavior::serve("text/plain", postgres(n)));
-                    routes.insert("/app".to_string(), Behavior::serve("application/json", app(n).to_string()));
+                    routes.insert(
+                        "/postgresql.conf".to_string(),
+                        Behavior::serve("text/plain", postgres(n)),
+                    );
+                    routes.insert(
+                        "/app".to_string(),
+                        Behavior::serve("application/json", app(n).to_string()),
+                    );
                 }
                 _ => {}
             }

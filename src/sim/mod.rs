@@ -16,13 +16,19 @@ use tokio_rustls::rustls;
 #[derive(Debug, Clone)]
 pub enum Behavior {
     /// 200 with this body.
-    Serve { content_type: String, body: Arc<Vec<u8>> },
+    Serve {
+        content_type: String,
+        body: Arc<Vec<u8>>,
+    },
     /// This status with a short body.
     Status(u16),
     /// Accept, read the request, never answer.
     Hang,
     /// Answer slowly: one chunk of the body per interval.
-    Slow { body: Arc<Vec<u8>>, interval: Duration },
+    Slow {
+        body: Arc<Vec<u8>>,
+        interval: Duration,
+    },
 }
 
 impl Behavior {
@@ -121,7 +127,8 @@ impl TlsMaterial {
             .signed_by(&leaf_key, &issuer)
             .map_err(|x| e(&x))?;
         let client_key = KeyPair::generate().map_err(|x| e(&x))?;
-        let mut client_params = CertificateParams::new(vec!["plumb-client".to_string()]).map_err(|x| e(&x))?;
+        let mut client_params =
+            CertificateParams::new(vec!["plumb-client".to_string()]).map_err(|x| e(&x))?;
         client_params
             .distinguished_name
             .push(DnType::CommonName, "plumb-client");
@@ -136,9 +143,12 @@ impl TlsMaterial {
         let builder = if require_client_cert {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca_cert.der().clone()).map_err(|x| e(&x))?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|x| e(&x))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|x| e(&x))?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -156,7 +166,10 @@ impl TlsMaterial {
 }
 
 /// Start every node of `specs`; `tls` serves them all over TLS.
-pub async fn start(specs: Vec<NodeSpec>, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Fleet> {
+pub async fn start(
+    specs: Vec<NodeSpec>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<Fleet> {
     let mut fleet = Fleet {
         nodes: Vec::with_capacity(specs.len()),
         tasks: Vec::with_capacity(specs.len()),
@@ -232,8 +245,18 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes) {
     let behavior = routes.read().ok().and_then(|r| r.get(&path).cloned());
     match behavior {
         None => respond(&mut s, 404, "text/plain", b"not found\n").await,
-        Some(Behavior::Status(code)) => respond(&mut s, code, "text/plain", format!("status {code}\n").as_bytes()).await,
-        Some(Behavior::Serve { content_type, body }) => respond(&mut s, 200, &content_type, &body).await,
+        Some(Behavior::Status(code)) => {
+            respond(
+                &mut s,
+                code,
+                "text/plain",
+                format!("status {code}\n").as_bytes(),
+            )
+            .await
+        }
+        Some(Behavior::Serve { content_type, body }) => {
+            respond(&mut s, 200, &content_type, &body).await
+        }
         Some(Behavior::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
