@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -22,14 +25,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The demo's plumb.toml and baselines, with a generated inventory of n nodes.
     let mut csv = String::from("name,role,dc,env,vars.addr\n");
     for i in 0..n {
-        let (role, dc) = if i % 3 == 2 { ("db", "fra") } else { ("edge", if i % 2 == 0 { "ams" } else { "fra" }) };
+        let (role, dc) = if i % 3 == 2 {
+            ("db", "fra")
+        } else {
+            ("edge", if i % 2 == 0 { "ams" } else { "fra" })
+        };
         csv.push_str(&format!("{role}-{dc}-b{i},{role},{dc},prod,127.0.0.1:0\n"));
     }
     std::fs::write(dir.path().join("nodes.csv"), csv)?;
     std::fs::copy(repo.join("plumb.toml"), dir.path().join("plumb.toml"))?;
     copy_dir(&repo.join("baselines"), &dir.path().join("baselines"))?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let mut plan = config::load(&dir.path().join("plumb.toml")).map_err(|e| e.to_string())?;
         plan.scan.concurrency = 256;
@@ -79,7 +88,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-async fn raw_sweep(client: &reqwest::Client, urls: &[String], concurrency: usize) -> Result<Duration, reqwest::Error> {
+async fn raw_sweep(
+    client: &reqwest::Client,
+    urls: &[String],
+    concurrency: usize,
+) -> Result<Duration, reqwest::Error> {
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();

@@ -71,6 +71,8 @@ pub enum Command {
     /// Write a node's live config into its baseline file, and show the change.
     Approve {
         node: String,
+        /// Only this config (default: every config the node carries).
+        #[arg(id = "config_name", value_name = "CONFIG")]
         config: Option<String>,
         /// Which baseline to write: node (only this node), default, or LABEL=VALUE.
         #[arg(long, default_value = "node")]
