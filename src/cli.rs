@@ -66,6 +66,8 @@ pub enum Command {
     /// Live against baseline for one node.
     Diff {
         node: String,
+        /// Only this config (default: every config the node carries).
+        #[arg(id = "config_name", value_name = "CONFIG")]
         config: Option<String>,
     },
     /// Write a node's live config into its baseline file, and show the change.
@@ -196,13 +198,11 @@ pub fn run(cli: Cli) -> Result<u8> {
                 Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
             })?;
             let mut text = String::new();
-            let mut code = 0;
             for t in &output.targets {
                 if !t.read || t.baseline.is_none() {
                     for f in &t.findings {
                         text.push_str(&format!("{}\n", f.message));
                     }
-                    code = code.max(3);
                     continue;
                 }
                 if t.unified.is_empty() {
@@ -215,11 +215,11 @@ pub fn run(cli: Cli) -> Result<u8> {
                         .unwrap_or_default();
                     text.push_str(&format!("{}/{} against {file}\n", t.node, t.config));
                     text.push_str(&report::paint_diff(&t.unified, st));
-                    code = 1;
                 }
             }
             out(&text)?;
-            Ok(if code == 1 { 1 } else { code })
+            // The same rule as `plumb audit`: drift decides over incomplete coverage, whatever the order of configs.
+            Ok(output.report.exit_code(Severity::Low))
         }
         Command::Approve { node, config, to } => {
             let to = ApproveTarget::parse(&to).map_err(|e| anyhow!("--to: {e}"))?;
