@@ -1,4 +1,4 @@
-//! Classify: turn one target's fetch outcome into findings (drift, unreachable, invalid, unbaselined).
+//! Classify: turn one target's fetch outcome into findings (drift, violation, unreachable, invalid, unbaselined).
 //!
 //! Pure: no I/O, no clock (the scan passes `now`). A node that could not be read yields only its coverage finding:
 //! nothing about its content is invented.
@@ -9,6 +9,7 @@ use crate::config::{ConfigPlan, Plan};
 use crate::finding::{Change, Finding, Kind, Severity, State, fingerprint};
 use crate::inventory::Node;
 use crate::normalize::Document;
+use crate::rules::{CelCache, Input, Outcome};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -73,7 +74,65 @@ pub fn evaluate(
         }
     };
     r.read = true;
-    match plan.baselines.for_node(&cfg.name, node) {
+    let raw_len = bytes.len();
+    drop(bytes);
+    let baseline = plan.baselines.for_node(&cfg.name, node);
+    // Rules run on the same normalized tree as the comparison, parsed once.
+    let mut cel = CelCache::default();
+    for rule in plan.rules.for_target(&cfg.name, node) {
+        let input = Input {
+            node,
+            config: &cfg.name,
+            doc: &live,
+            baseline: baseline.as_ref().map(|(_, _, d)| d),
+            raw_len,
+        };
+        match rule.evaluate(&input, &mut cel) {
+            Outcome::Pass => {}
+            Outcome::Fail {
+                path,
+                actual,
+                expected,
+                message,
+            } => r.findings.push(Finding {
+                fingerprint: fingerprint(Kind::Violation, &node.name, &cfg.name, &rule.id),
+                kind: Kind::Violation,
+                severity: rule.severity,
+                node: node.name.clone(),
+                config: cfg.name.clone(),
+                path,
+                change: None,
+                expected,
+                actual,
+                rule: Some(rule.id.clone()),
+                message,
+                first_seen: now.to_string(),
+                last_seen: now.to_string(),
+                state: State::New,
+            }),
+            Outcome::Error(e) => {
+                let mut f = coverage(
+                    Kind::Invalid,
+                    node,
+                    cfg,
+                    format!(
+                        "{}/{}: rule {} could not be evaluated: {e}",
+                        node.name, cfg.name, rule.id
+                    ),
+                    now,
+                );
+                f.fingerprint = fingerprint(
+                    Kind::Invalid,
+                    &node.name,
+                    &cfg.name,
+                    &format!("rule:{}", rule.id),
+                );
+                f.rule = Some(rule.id.clone());
+                r.findings.push(f);
+            }
+        }
+    }
+    match baseline {
         None => {
             r.findings.push(coverage(
                 Kind::Unbaselined,

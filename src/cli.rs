@@ -80,11 +80,23 @@ pub enum Command {
         #[arg(long, default_value = "node")]
         to: String,
     },
+    /// Rule tools.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Start the embedded demo fleet on loopback, audit it with ./plumb.toml, show the findings.
     Demo {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
     },
+}
+
+/// `plumb rules …`.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Run every rule's inline `[[rule.test]]` cases and report each; exit 1 when one fails.
+    Test,
 }
 
 /// Parse arguments, run, and map the outcome to an exit code.
@@ -150,14 +162,25 @@ pub fn run(cli: Cli) -> Result<u8> {
                 .values()
                 .map(|c| usize::from(c.default.is_some()) + c.labels.len() + c.nodes.len())
                 .sum();
-            out(&format!(
-                "{}: ok ({} nodes, {} configs, {} baseline files, {} schedules)\n",
+            let names: Vec<String> = plan.configs.iter().map(|c| c.name.clone()).collect();
+            let inactive: Vec<&str> = plan.rules.inactive(&names).map(|r| r.id.as_str()).collect();
+            let mut text = format!(
+                "{}: ok ({} nodes, {} configs, {} baseline files, {} rules, {} schedules)\n",
                 cli.config.display(),
                 plan.nodes.len(),
                 plan.configs.len(),
                 files,
+                plan.rules.rules.len(),
                 plan.schedules.len()
-            ))?;
+            );
+            if !inactive.is_empty() {
+                text.push_str(&format!(
+                    "{} rules name a config this plumb.toml does not define, and stay inactive: {}\n",
+                    inactive.len(),
+                    inactive.join(", ")
+                ));
+            }
+            out(&text)?;
             Ok(0)
         }
         Command::Audit {
@@ -226,7 +249,58 @@ pub fn run(cli: Cli) -> Result<u8> {
             let plan = Arc::new(load(&cli.config)?);
             approve(plan, &node, config, &to, st)
         }
+        Command::Rules {
+            command: RulesCommand::Test,
+        } => {
+            let plan = load(&cli.config)?;
+            let results = crate::rules::run_tests(&plan.rules);
+            let mut text = String::new();
+            let mut failed = 0;
+            for r in &results {
+                let got = match &r.got {
+                    crate::rules::Outcome::Pass => "pass".to_string(),
+                    crate::rules::Outcome::Fail { message, .. } => format!("fail ({message})"),
+                    crate::rules::Outcome::Error(e) => format!("invalid ({e})"),
+                };
+                if r.ok {
+                    text.push_str(&format!("{} {} / {}\n", st_ok(st, true), r.rule, r.test));
+                } else {
+                    failed += 1;
+                    text.push_str(&format!(
+                        "{} {} / {}: expected {:?}, got {got} ({}:{})\n",
+                        st_ok(st, false),
+                        r.rule,
+                        r.test,
+                        r.expect,
+                        r.file.display(),
+                        r.line
+                    ));
+                }
+            }
+            let rules_with_tests = plan
+                .rules
+                .rules
+                .iter()
+                .filter(|r| !r.tests.is_empty())
+                .count();
+            text.push_str(&format!(
+                "rule tests: {} passed, {failed} failed ({} rules, {rules_with_tests} with tests)\n",
+                results.len() - failed,
+                plan.rules.rules.len()
+            ));
+            out(&text)?;
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
         Command::Demo { format } => demo(&cli.config, format, st),
+    }
+}
+
+fn st_ok(st: Style, ok: bool) -> String {
+    let (code, word) = if ok { ("32", "ok  ") } else { ("31", "FAIL") };
+    if st.color {
+        format!("\x1b[{code}m{word}\x1b[0m")
+    } else {
+        word.to_string()
     }
 }
 

@@ -643,6 +643,18 @@ fn child_key(path: &str, k: &str) -> String {
     }
 }
 
+/// A located JSONPath result's location in plumb's display style (`$.a.b[2]`, `$['odd key']`).
+pub fn display_location(np: &serde_json_path::NormalizedPath<'_>) -> String {
+    let mut out = String::from("$");
+    for el in np.iter() {
+        match el.as_index() {
+            Some(i) => out = format!("{out}[{i}]"),
+            None => out = child_key(&out, el.as_name().unwrap_or_default()),
+        }
+    }
+    out
+}
+
 /// `.field` or `['odd field']`, for filter selectors.
 fn member(field: &str) -> String {
     child_key("", field)

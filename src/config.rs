@@ -1,7 +1,8 @@
 //! `plumb.toml`: the raw file (serde, unknown keys rejected) and the validated [`Plan`] built from it.
 //!
 //! Loading is all-or-nothing: every error found (with `file:line:col`) is returned together, and a plan exists
-//! only when plumb.toml, the inventory, `baselines/` and `rules/` are all valid. Nothing here contacts a node.
+//! only when plumb.toml, the inventory, `baselines/` and `rules/` are all valid (every JSONPath, regex and CEL
+//! expression compiled). Nothing here contacts a node.
 
 use crate::baseline::{self, BaselineSet};
 use crate::compare::{CompareOptions, Mask, Mode};
@@ -348,6 +349,7 @@ pub struct Plan {
     pub nodes: Vec<Node>,
     pub configs: Vec<ConfigPlan>,
     pub baselines: BaselineSet,
+    pub rules: crate::rules::RuleSet,
     pub schedules: Vec<RawSchedule>,
 }
 
@@ -577,6 +579,17 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         }
     }
 
+    let shapes: Vec<(String, bool)> = configs
+        .iter()
+        .map(|c| (c.name.clone(), !c.normalizer.output_is_text()))
+        .collect();
+    let rules = match crate::rules::load_dir(&root.join("rules"), &shapes) {
+        Ok(r) => Some(r),
+        Err(mut e) => {
+            errs.append(&mut e);
+            None
+        }
+    };
     let baselines = match baseline::load_dir(&root.join("baselines"), &configs, &nodes) {
         Ok(b) => Some(b),
         Err(mut e) => {
@@ -597,6 +610,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         nodes,
         configs,
         baselines: baselines.unwrap_or_default(),
+        rules: rules.unwrap_or_default(),
         schedules: raw.schedules,
     };
     // baseline.toml settings extend the config's own.

@@ -25,6 +25,7 @@ pub mod finding;
 pub mod inventory;
 pub mod normalize;
 pub mod report;
+pub mod rules;
 pub mod scan;
 pub mod sim;
 pub mod template;

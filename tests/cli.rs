@@ -1899,6 +1899,9 @@ fn demo_reports_exactly_the_planted_deviations_in_seconds() {
         ("drift", "edge-fra-4", "caddy"),
         ("drift", "edge-ams-5", "sysctl"),
         ("drift", "db-3", "postgres"),
+        ("violation", "edge-fra-4", "caddy"),
+        ("violation", "edge-ams-5", "sysctl"),
+        ("violation", "db-3", "postgres"),
         ("invalid", "edge-fra-6", "caddy"),
         ("unreachable", "db-7", "sysctl"),
         ("unreachable", "db-7", "postgres"),
@@ -1910,7 +1913,7 @@ fn demo_reports_exactly_the_planted_deviations_in_seconds() {
     want.sort();
     assert_eq!(found, want, "{run}");
 
-    let route = the_finding(
+    let route = the_drift(
         &r,
         "edge-fra-2",
         "caddy",
@@ -1918,20 +1921,44 @@ fn demo_reports_exactly_the_planted_deviations_in_seconds() {
     );
     assert_eq!(route["change"], "added");
     assert_eq!(route["actual"]["@id"], "debug");
-    let tls = the_finding(&r, "edge-fra-4", "caddy", "$.apps.tls.protocols.min");
+    let tls = the_drift(
+        &r,
+        "edge-fra-4",
+        "caddy",
+        "$.apps.http.servers.srv0.tls_connection_policies[0].protocol_min",
+    );
     assert_drift(tls, "changed", json!("tls1.2"), json!("tls1.0"), "high");
     assert_drift(
-        the_finding(&r, "edge-ams-5", "sysctl", "$['net.ipv4.ip_forward']"),
+        the_drift(&r, "edge-ams-5", "sysctl", "$['net.ipv4.ip_forward']"),
         "changed",
         json!("0"),
         json!("1"),
         "medium",
     );
     assert_drift(
-        the_finding(&r, "db-3", "postgres", "$.max_connections"),
+        the_drift(&r, "db-3", "postgres", "$.max_connections"),
         "changed",
         json!("200"),
         json!("500"),
         "medium",
+    );
+    // The repository's rules/ run in the same scan, on the same trees.
+    let rule_of = |node: &str| {
+        findings(&r)
+            .iter()
+            .find(|f| f["kind"] == "violation" && f["node"] == node)
+            .map(|f| (f["rule"].clone(), f["severity"].clone()))
+    };
+    assert_eq!(
+        rule_of("edge-fra-4"),
+        Some((json!("caddy-tls-min-1.2"), json!("high")))
+    );
+    assert_eq!(
+        rule_of("edge-ams-5"),
+        Some((json!("sysctl-no-ip-forward"), json!("high")))
+    );
+    assert_eq!(
+        rule_of("db-3"),
+        Some((json!("postgres-max-connections"), json!("medium")))
     );
 }

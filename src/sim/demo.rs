@@ -78,8 +78,8 @@ pub fn caddy(n: &Node) -> Value {
                 "listen": [":443"],
                 "metrics": {"requests_total": noise(n, "requests"), "uptime_s": noise(n, "uptime")},
                 "routes": routes,
+                "tls_connection_policies": [{"protocol_min": min_tls}],
             }}},
-            "tls": {"protocols": {"min": min_tls}},
         }
     })
 }
@@ -91,7 +91,7 @@ pub fn sysctl(n: &Node) -> String {
     let boot = blake3::hash(n.name.as_bytes()).to_hex();
     format!(
         "# sysctl -a (excerpt)\nnet.ipv4.ip_forward = {forward}\nnet.ipv4.tcp_syncookies = 1\nnet.core.somaxconn = 4096\n\
-         kernel.kptr_restrict = 2\nvm.swappiness = {swappiness}\nkernel.random.boot_id = {}-{}-{}-{}-{}\n",
+         kernel.kptr_restrict = 2\nkernel.randomize_va_space = 2\nvm.swappiness = {swappiness}\nkernel.random.boot_id = {}-{}-{}-{}-{}\n",
         &boot[0..8],
         &boot[8..12],
         &boot[12..16],

@@ -249,6 +249,22 @@ pub fn the_finding<'a>(r: &'a Value, node: &str, config: &str, path: &str) -> &'
     hits[0]
 }
 
+/// The one `drift` finding for `node`/`config` at `path` (a rule may report a violation at the same path).
+pub fn the_drift<'a>(r: &'a Value, node: &str, config: &str, path: &str) -> &'a Value {
+    let hits: Vec<&Value> = findings(r)
+        .iter()
+        .filter(|f| {
+            f["kind"] == "drift" && f["node"] == node && f["config"] == config && f["path"] == path
+        })
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "expected one drift for {node}/{config} at `{path}`, report:\n{r:#}"
+    );
+    hits[0]
+}
+
 /// Assert a drift finding: its change, expected and actual values, and severity.
 pub fn assert_drift(f: &Value, change: &str, expected: Value, actual: Value, severity: &str) {
     assert_eq!(f["kind"], "drift", "{f:#}");

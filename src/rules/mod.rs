@@ -1,0 +1,526 @@
+//! Rules: policy checks over a normalized config, loaded from `rules/*.toml`, compiled up front, evaluated in the
+//! same scan and on the same tree as the baseline comparison.
+//!
+//! Evaluation is pure: a rule and an [`Input`] (live document, optional baseline, node, raw size) give an
+//! [`Outcome`]. A rule is a JSONPath `path` with one assertion, a CEL `expr`, or a line rule for text configs.
+
+mod load;
+mod values;
+
+pub use load::{RuleSet, TestReport, load_dir, run_tests};
+
+use crate::finding::Severity;
+use crate::inventory::{Node, Selector};
+use crate::normalize::{Document, Format};
+use regex::Regex;
+use serde_json::Value;
+use serde_json_path::JsonPath;
+use std::path::PathBuf;
+use std::sync::Arc;
+use values::{compare_loose, loose_eq, text_of};
+
+/// What a path selecting nothing means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenMissing {
+    Pass,
+    Fail,
+}
+
+/// A block of a text config that line rules look inside.
+#[derive(Debug, Clone)]
+pub enum Section {
+    /// nginx-style `name … {` blocks, to the matching `}`.
+    Block(String),
+    /// INI-style `[name]` sections, to the next section header.
+    Ini(String),
+}
+
+/// The assertion of a rule.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Equals(Value),
+    NotEquals(Value),
+    In(Vec<Value>),
+    NotIn(Vec<Value>),
+    Matches(Regex),
+    NotMatches(Regex),
+    Exists,
+    Absent,
+    Lt(Value),
+    Le(Value),
+    Gt(Value),
+    Ge(Value),
+    CountMin(usize),
+    CountMax(usize),
+    /// No duplicate values, or no duplicate values of this key field.
+    Unique(Option<String>),
+    Type(String),
+    MaxBytes(u64),
+    /// Growth over the baseline, as a fraction (0.5 for "50%"): of the selected count with a path, else of size.
+    MaxGrowth(f64),
+    Expr(Arc<cel::Program>),
+    LinePresent(Regex, Option<Section>),
+    LineAbsent(Regex, Option<Section>),
+}
+
+impl Check {
+    /// The assertion's key in rule files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Check::Equals(_) => "equals",
+            Check::NotEquals(_) => "not_equals",
+            Check::In(_) => "in",
+            Check::NotIn(_) => "not_in",
+            Check::Matches(_) => "matches",
+            Check::NotMatches(_) => "not_matches",
+            Check::Exists => "exists",
+            Check::Absent => "absent",
+            Check::Lt(_) => "lt",
+            Check::Le(_) => "le",
+            Check::Gt(_) => "gt",
+            Check::Ge(_) => "ge",
+            Check::CountMin(_) => "count_min",
+            Check::CountMax(_) => "count_max",
+            Check::Unique(_) => "unique",
+            Check::Type(_) => "type",
+            Check::MaxBytes(_) => "max_bytes",
+            Check::MaxGrowth(_) => "max_growth",
+            Check::Expr(_) => "expr",
+            Check::LinePresent(..) => "line_present",
+            Check::LineAbsent(..) => "line_absent",
+        }
+    }
+
+    /// The default for a path that selects nothing: positive assertions fail, negative ones pass.
+    fn missing_default(&self) -> WhenMissing {
+        match self {
+            Check::Equals(_)
+            | Check::In(_)
+            | Check::Matches(_)
+            | Check::Exists
+            | Check::Lt(_)
+            | Check::Le(_)
+            | Check::Gt(_)
+            | Check::Ge(_)
+            | Check::Type(_) => WhenMissing::Fail,
+            _ => WhenMissing::Pass,
+        }
+    }
+
+    /// The expected side, for reports.
+    fn expected(&self) -> Value {
+        match self {
+            Check::Equals(v) | Check::Lt(v) | Check::Le(v) | Check::Gt(v) | Check::Ge(v) => {
+                v.clone()
+            }
+            Check::NotEquals(v) => Value::String(format!("not {}", text_of(v))),
+            Check::In(v) => Value::Array(v.clone()),
+            Check::NotIn(v) => Value::String(format!("none of {}", Value::Array(v.clone()))),
+            Check::Matches(r) | Check::LinePresent(r, _) => {
+                Value::String(format!("matches /{}/", r.as_str()))
+            }
+            Check::NotMatches(r) | Check::LineAbsent(r, _) => {
+                Value::String(format!("does not match /{}/", r.as_str()))
+            }
+            Check::Exists => Value::String("present".into()),
+            Check::Absent => Value::String("absent".into()),
+            Check::CountMin(n) => Value::String(format!("at least {n}")),
+            Check::CountMax(n) => Value::String(format!("at most {n}")),
+            Check::Unique(None) => Value::String("unique values".into()),
+            Check::Unique(Some(k)) => Value::String(format!("unique `{k}`")),
+            Check::Type(t) => Value::String(t.clone()),
+            Check::MaxBytes(n) => Value::String(format!("at most {n} bytes")),
+            Check::MaxGrowth(f) => Value::String(format!("growth at most {}%", f * 100.0)),
+            Check::Expr(_) => Value::String("expr is true".into()),
+        }
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub config: String,
+    pub selector: Selector,
+    pub severity: Severity,
+    pub path: Option<(String, JsonPath)>,
+    pub check: Check,
+    pub message: Option<String>,
+    pub when_missing: Option<WhenMissing>,
+    /// The format of inline test inputs given as text.
+    pub format: Option<Format>,
+    pub file: PathBuf,
+    pub line: usize,
+    pub tests: Vec<load::RuleTest>,
+}
+
+/// What a rule sees.
+pub struct Input<'a> {
+    pub node: &'a Node,
+    pub config: &'a str,
+    pub doc: &'a Document,
+    pub baseline: Option<&'a Document>,
+    /// Size of the fetched body in bytes.
+    pub raw_len: usize,
+}
+
+/// The result of one rule on one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Pass,
+    /// A violation: where, what was seen, the rendered message.
+    Fail {
+        path: String,
+        actual: Value,
+        expected: Value,
+        message: String,
+    },
+    /// The rule could not be evaluated on this input (a CEL runtime error, a non-boolean result).
+    Error(String),
+}
+
+/// Lazily built CEL variables for one input, shared by every `expr` rule of a target.
+#[derive(Default)]
+pub struct CelCache {
+    vars: Option<Result<[cel::Value; 3], String>>,
+}
+
+impl CelCache {
+    fn vars(&mut self, input: &Input) -> Result<&[cel::Value; 3], String> {
+        if self.vars.is_none() {
+            let build = || -> Result<[cel::Value; 3], String> {
+                let conv = |v: &Value| {
+                    cel::to_value(v).map_err(|e| format!("cannot pass the config to CEL: {e}"))
+                };
+                let config = conv(&doc_value(input.doc))?;
+                let baseline = match input.baseline {
+                    Some(b) => conv(&doc_value(b))?,
+                    None => cel::Value::Null,
+                };
+                let node = conv(&serde_json::json!({
+                    "name": input.node.name, "labels": input.node.labels, "vars": input.node.vars,
+                }))?;
+                Ok([config, baseline, node])
+            };
+            self.vars = Some(build());
+        }
+        match self.vars.as_ref() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("internal: CEL variables missing".into()),
+        }
+    }
+}
+
+/// A document as a JSON value: the tree, or an array of lines for text.
+fn doc_value(d: &Document) -> Value {
+    match d {
+        Document::Tree(v) => v.clone(),
+        Document::Text(lines) => {
+            Value::Array(lines.iter().map(|l| Value::String(l.clone())).collect())
+        }
+    }
+}
+
+fn selected(rule: &Rule, doc: &Document) -> Vec<(String, Value)> {
+    let root = match doc {
+        Document::Tree(v) => std::borrow::Cow::Borrowed(v),
+        Document::Text(_) => std::borrow::Cow::Owned(doc_value(doc)),
+    };
+    match &rule.path {
+        None => vec![("$".to_string(), root.into_owned())],
+        Some((_, p)) => p
+            .query_located(&root)
+            .into_iter()
+            .map(|n| {
+                (
+                    crate::compare::display_location(n.location()),
+                    n.node().clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
+impl Rule {
+    /// Evaluate this rule on one input.
+    pub fn evaluate(&self, input: &Input, cel: &mut CelCache) -> Outcome {
+        let fail = |path: &str, actual: Value| Outcome::Fail {
+            path: path.to_string(),
+            expected: self.check.expected(),
+            message: self.render(input, path, &actual),
+            actual,
+        };
+        match &self.check {
+            Check::LinePresent(re, section) | Check::LineAbsent(re, section) => {
+                let Document::Text(lines) = input.doc else {
+                    return Outcome::Error("line rules apply to text configs only".into());
+                };
+                let hits: Vec<(usize, &String)> = scoped_lines(lines, section.as_ref())
+                    .into_iter()
+                    .filter(|(_, l)| re.is_match(l))
+                    .collect();
+                return match (&self.check, hits.first()) {
+                    (Check::LinePresent(..), None) => fail(self.path_text(), Value::Null),
+                    (Check::LineAbsent(..), Some((n, l))) => {
+                        fail(&format!("line {}", n + 1), Value::String((*l).clone()))
+                    }
+                    _ => Outcome::Pass,
+                };
+            }
+            Check::MaxBytes(max) => {
+                return if input.raw_len as u64 > *max {
+                    fail("$", Value::from(input.raw_len))
+                } else {
+                    Outcome::Pass
+                };
+            }
+            _ => {}
+        }
+        let values = selected(self, input.doc);
+        let missing = self.when_missing.unwrap_or(self.check.missing_default());
+        match &self.check {
+            Check::Exists => {
+                return if values.is_empty() {
+                    fail(self.path_text(), Value::Null)
+                } else {
+                    Outcome::Pass
+                };
+            }
+            Check::Absent => {
+                return match values.first() {
+                    Some((p, v)) => fail(p, v.clone()),
+                    None => Outcome::Pass,
+                };
+            }
+            Check::CountMin(n) => {
+                return if values.len() < *n {
+                    fail(self.path_text(), Value::from(values.len()))
+                } else {
+                    Outcome::Pass
+                };
+            }
+            Check::CountMax(n) => {
+                return if values.len() > *n {
+                    fail(self.path_text(), Value::from(values.len()))
+                } else {
+                    Outcome::Pass
+                };
+            }
+            Check::Unique(key) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for (p, v) in &values {
+                    let k = match key {
+                        None => v.to_string(),
+                        Some(f) => match v.get(f) {
+                            Some(x) => x.to_string(),
+                            None => continue,
+                        },
+                    };
+                    if !seen.insert(k) {
+                        let shown = match key {
+                            Some(f) => v.get(f).cloned().unwrap_or(Value::Null),
+                            None => v.clone(),
+                        };
+                        return fail(p, shown);
+                    }
+                }
+                return Outcome::Pass;
+            }
+            Check::MaxGrowth(max) => {
+                let Some(base) = input.baseline else {
+                    return Outcome::Pass;
+                };
+                let (now, before) = if self.path.is_some() {
+                    (values.len() as f64, selected(self, base).len() as f64)
+                } else {
+                    (
+                        input.doc.canonical_text().len() as f64,
+                        base.canonical_text().len() as f64,
+                    )
+                };
+                if before == 0.0 {
+                    return Outcome::Pass;
+                }
+                let growth = (now - before) / before;
+                return if growth > *max {
+                    fail(
+                        self.path_text(),
+                        Value::String(format!(
+                            "{now} (+{:.0}% over the baseline's {before})",
+                            growth * 100.0
+                        )),
+                    )
+                } else {
+                    Outcome::Pass
+                };
+            }
+            Check::Expr(program) => {
+                let vars = match cel.vars(input) {
+                    Ok(v) => v,
+                    Err(e) => return Outcome::Error(e),
+                };
+                let mut ctx = cel::Context::default();
+                ctx.add_variable_from_value("config", vars[0].clone());
+                ctx.add_variable_from_value("baseline", vars[1].clone());
+                ctx.add_variable_from_value("node", vars[2].clone());
+                let each: Vec<(String, Value)> = if self.path.is_some() {
+                    if values.is_empty() {
+                        return match missing {
+                            WhenMissing::Pass => Outcome::Pass,
+                            WhenMissing::Fail => fail(self.path_text(), Value::Null),
+                        };
+                    }
+                    values
+                } else {
+                    vec![("$".into(), Value::Null)]
+                };
+                for (p, v) in each {
+                    let mut inner = ctx.new_inner_scope();
+                    match cel::to_value(&v) {
+                        Ok(cv) => inner.add_variable_from_value("value", cv),
+                        Err(e) => {
+                            return Outcome::Error(format!("cannot pass the value to CEL: {e}"));
+                        }
+                    }
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        program.execute(&inner)
+                    }));
+                    match res {
+                        Ok(Ok(cel::Value::Bool(true))) => {}
+                        Ok(Ok(cel::Value::Bool(false))) => return fail(&p, v),
+                        Ok(Ok(other)) => {
+                            return Outcome::Error(format!("expr gave {other:?}, not a boolean"));
+                        }
+                        Ok(Err(e)) => return Outcome::Error(format!("expr failed: {e}")),
+                        Err(_) => return Outcome::Error("expr crashed the CEL interpreter".into()),
+                    }
+                }
+                return Outcome::Pass;
+            }
+            _ => {}
+        }
+        if values.is_empty() {
+            return match missing {
+                WhenMissing::Pass => Outcome::Pass,
+                WhenMissing::Fail => fail(self.path_text(), Value::Null),
+            };
+        }
+        for (p, v) in &values {
+            let ok = match &self.check {
+                Check::Equals(e) => loose_eq(v, e),
+                Check::NotEquals(e) => !loose_eq(v, e),
+                Check::In(list) => list.iter().any(|e| loose_eq(v, e)),
+                Check::NotIn(list) => !list.iter().any(|e| loose_eq(v, e)),
+                Check::Matches(re) => re.is_match(&text_of(v)),
+                Check::NotMatches(re) => !re.is_match(&text_of(v)),
+                Check::Type(t) => values::type_is(v, t),
+                Check::Lt(e) | Check::Le(e) | Check::Gt(e) | Check::Ge(e) => {
+                    match compare_loose(v, e) {
+                        None => {
+                            return Outcome::Fail {
+                                path: p.clone(),
+                                expected: self.check.expected(),
+                                message: format!(
+                                    "{}: {} cannot be compared with {} (not numbers, versions or durations)",
+                                    self.id,
+                                    text_of(v),
+                                    text_of(e)
+                                ),
+                                actual: v.clone(),
+                            };
+                        }
+                        Some(o) => match &self.check {
+                            Check::Lt(_) => o.is_lt(),
+                            Check::Le(_) => o.is_le(),
+                            Check::Gt(_) => o.is_gt(),
+                            _ => o.is_ge(),
+                        },
+                    }
+                }
+                _ => true,
+            };
+            if !ok {
+                return fail(p, v.clone());
+            }
+        }
+        Outcome::Pass
+    }
+
+    fn path_text(&self) -> &str {
+        self.path.as_ref().map_or("$", |(t, _)| t.as_str())
+    }
+
+    /// The rule's message with `{node}`, `{config}`, `{rule}`, `{path}`, `{actual}`, `{expected}` filled in.
+    fn render(&self, input: &Input, path: &str, actual: &Value) -> String {
+        let expected = self.check.expected();
+        match &self.message {
+            Some(m) => m
+                .replace("{node}", &input.node.name)
+                .replace("{config}", input.config)
+                .replace("{rule}", &self.id)
+                .replace("{path}", path)
+                .replace("{actual}", &text_of(actual))
+                .replace("{expected}", &text_of(&expected)),
+            None => format!(
+                "{}/{}: rule {} failed at {path}: {} is not {}",
+                input.node.name,
+                input.config,
+                self.id,
+                text_of(actual),
+                text_of(&expected)
+            ),
+        }
+    }
+}
+
+/// The lines a line rule looks at, with their 0-based numbers.
+fn scoped_lines<'l>(lines: &'l [String], section: Option<&Section>) -> Vec<(usize, &'l String)> {
+    match section {
+        None => lines.iter().enumerate().collect(),
+        Some(Section::Ini(name)) => {
+            let mut inside = false;
+            let mut out = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                let t = l.trim();
+                if t.starts_with('[') && t.ends_with(']') {
+                    inside = t[1..t.len() - 1].trim() == name;
+                    continue;
+                }
+                if inside {
+                    out.push((i, l));
+                }
+            }
+            out
+        }
+        Some(Section::Block(name)) => {
+            let mut out = Vec::new();
+            // Depth inside the current matching block; 0 = outside.
+            let mut depth = 0usize;
+            for (i, l) in lines.iter().enumerate() {
+                let code = l.split('#').next().unwrap_or_default();
+                let opens = code.matches('{').count();
+                let closes = code.matches('}').count();
+                if depth == 0 {
+                    let head = code.trim_start();
+                    let starts = head.strip_prefix(name.as_str()).is_some_and(|rest| {
+                        rest.starts_with(|c: char| c.is_whitespace() || c == '{')
+                    });
+                    if starts && opens > 0 {
+                        depth = opens.saturating_sub(closes);
+                    }
+                    continue;
+                }
+                depth = (depth + opens).saturating_sub(closes);
+                if depth > 0 || closes == 0 {
+                    out.push((i, l));
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
