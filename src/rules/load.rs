@@ -314,7 +314,13 @@ fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Re
         let program = env
             .compile(e)
             .map_err(|err| format!("expr `{e}` is not valid CEL: {}", err.to_string().trim()))?;
-        checks.push(Check::Expr(Arc::new(program)));
+        let refs = program.references();
+        let uses = [
+            refs.has_variable("config"),
+            refs.has_variable("baseline"),
+            refs.has_variable("node"),
+        ];
+        checks.push(Check::Expr(Arc::new(program), uses));
     }
     let section = r.section.as_deref().map(|s| {
         let t = s.trim();
@@ -364,7 +370,7 @@ fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Re
     }
     let needs_path = !matches!(
         check,
-        Check::MaxBytes(_) | Check::MaxGrowth(_) | Check::Expr(_)
+        Check::MaxBytes(_) | Check::MaxGrowth(_) | Check::Expr(..)
     ) && !is_line;
     if needs_path && r.path.is_none() {
         return Err(format!("`{}` needs a `path`", check.name()));

@@ -59,7 +59,8 @@ pub enum Check {
     MaxBytes(u64),
     /// Growth over the baseline, as a fraction (0.5 for "50%"): of the selected count with a path, else of size.
     MaxGrowth(f64),
-    Expr(Arc<cel::Program>),
+    /// A CEL program, and which of `config`, `baseline`, `node` it reads (only those are converted).
+    Expr(Arc<cel::Program>, [bool; 3]),
     LinePresent(Regex, Option<Section>),
     LineAbsent(Regex, Option<Section>),
 }
@@ -86,7 +87,7 @@ impl Check {
             Check::Type(_) => "type",
             Check::MaxBytes(_) => "max_bytes",
             Check::MaxGrowth(_) => "max_growth",
-            Check::Expr(_) => "expr",
+            Check::Expr(..) => "expr",
             Check::LinePresent(..) => "line_present",
             Check::LineAbsent(..) => "line_absent",
         }
@@ -132,7 +133,7 @@ impl Check {
             Check::Type(t) => Value::String(t.clone()),
             Check::MaxBytes(n) => Value::String(format!("at most {n} bytes")),
             Check::MaxGrowth(f) => Value::String(format!("growth at most {}%", f * 100.0)),
-            Check::Expr(_) => Value::String("expr is true".into()),
+            Check::Expr(..) => Value::String("expr is true".into()),
         }
     }
 }
@@ -180,35 +181,40 @@ pub enum Outcome {
     Error(String),
 }
 
-/// Lazily built CEL variables for one input, shared by every `expr` rule of a target.
+/// Lazily built CEL variables for one input, shared by every `expr` rule of a target: each of `config`,
+/// `baseline` and `node` is converted once, and only when an expression reads it.
 #[derive(Default)]
 pub struct CelCache {
-    vars: Option<Result<[cel::Value; 3], String>>,
+    vars: [Option<Result<cel::Value, String>>; 3],
+}
+
+/// The CEL standard environment, built once per process.
+fn cel_env() -> Arc<cel::Env> {
+    static ENV: std::sync::OnceLock<Arc<cel::Env>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| Arc::new(cel::Env::stdlib())).clone()
 }
 
 impl CelCache {
-    fn vars(&mut self, input: &Input) -> Result<&[cel::Value; 3], String> {
-        if self.vars.is_none() {
-            let build = || -> Result<[cel::Value; 3], String> {
-                let conv = |v: &Value| {
-                    cel::to_value(v).map_err(|e| format!("cannot pass the config to CEL: {e}"))
-                };
-                let config = conv(&doc_value(input.doc))?;
-                let baseline = match input.baseline {
-                    Some(b) => conv(&doc_value(b))?,
-                    None => cel::Value::Null,
-                };
-                let node = conv(&serde_json::json!({
-                    "name": input.node.name, "labels": input.node.labels, "vars": input.node.vars,
-                }))?;
-                Ok([config, baseline, node])
+    fn var(&mut self, which: usize, input: &Input) -> Result<cel::Value, String> {
+        let slot = &mut self.vars[which];
+        if slot.is_none() {
+            let conv = |v: &Value| {
+                cel::to_value(v).map_err(|e| format!("cannot pass the config to CEL: {e}"))
             };
-            self.vars = Some(build());
+            *slot = Some(match which {
+                0 => conv(&doc_value(input.doc)),
+                1 => match input.baseline {
+                    Some(b) => conv(&doc_value(b)),
+                    None => Ok(cel::Value::Null),
+                },
+                _ => conv(&serde_json::json!({
+                    "name": input.node.name, "labels": input.node.labels, "vars": input.node.vars,
+                })),
+            });
         }
-        match self.vars.as_ref() {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err("internal: CEL variables missing".into()),
+        match slot {
+            Some(r) => r.clone(),
+            None => Err("internal: CEL variable missing".into()),
         }
     }
 }
@@ -223,23 +229,12 @@ fn doc_value(d: &Document) -> Value {
     }
 }
 
-fn selected(rule: &Rule, doc: &Document) -> Vec<(String, Value)> {
-    let root = match doc {
-        Document::Tree(v) => std::borrow::Cow::Borrowed(v),
-        Document::Text(_) => std::borrow::Cow::Owned(doc_value(doc)),
-    };
+/// The values a rule's path selects. Locations are not built here: most rules pass, and a location is only
+/// needed for the message of a failure ([`Rule::location`]).
+fn selected<'v>(rule: &Rule, root: &'v Value) -> Vec<&'v Value> {
     match &rule.path {
-        None => vec![("$".to_string(), root.into_owned())],
-        Some((_, p)) => p
-            .query_located(&root)
-            .into_iter()
-            .map(|n| {
-                (
-                    crate::compare::display_location(n.location()),
-                    n.node().clone(),
-                )
-            })
-            .collect(),
+        None => Vec::new(),
+        Some((_, p)) => p.query(root).all(),
     }
 }
 
@@ -278,8 +273,20 @@ impl Rule {
             }
             _ => {}
         }
-        let values = selected(self, input.doc);
+        let owned;
+        let root: &Value = match input.doc {
+            Document::Tree(v) => v,
+            Document::Text(_) => {
+                owned = doc_value(input.doc);
+                &owned
+            }
+        };
+        let values = selected(self, root);
         let missing = self.when_missing.unwrap_or(self.check.missing_default());
+        let on_missing = || match missing {
+            WhenMissing::Pass => Outcome::Pass,
+            WhenMissing::Fail => fail(self.path_text(), Value::Null),
+        };
         match &self.check {
             Check::Exists => {
                 return if values.is_empty() {
@@ -290,40 +297,33 @@ impl Rule {
             }
             Check::Absent => {
                 return match values.first() {
-                    Some((p, v)) => fail(p, v.clone()),
+                    Some(v) => fail(&self.location(root, 0), (*v).clone()),
                     None => Outcome::Pass,
                 };
             }
-            Check::CountMin(n) => {
-                return if values.len() < *n {
-                    fail(self.path_text(), Value::from(values.len()))
-                } else {
-                    Outcome::Pass
+            Check::CountMin(n) | Check::CountMax(n) => {
+                let bad = match self.check {
+                    Check::CountMin(_) => values.len() < *n,
+                    _ => values.len() > *n,
                 };
-            }
-            Check::CountMax(n) => {
-                return if values.len() > *n {
+                return if bad {
                     fail(self.path_text(), Value::from(values.len()))
                 } else {
                     Outcome::Pass
                 };
             }
             Check::Unique(key) => {
-                let mut seen = std::collections::BTreeSet::new();
-                for (p, v) in &values {
+                let mut seen = std::collections::HashSet::with_capacity(values.len());
+                for (i, v) in values.iter().enumerate() {
                     let k = match key {
-                        None => v.to_string(),
+                        None => *v,
                         Some(f) => match v.get(f) {
-                            Some(x) => x.to_string(),
+                            Some(x) => x,
                             None => continue,
                         },
                     };
-                    if !seen.insert(k) {
-                        let shown = match key {
-                            Some(f) => v.get(f).cloned().unwrap_or(Value::Null),
-                            None => v.clone(),
-                        };
-                        return fail(p, shown);
+                    if !seen.insert(HashableValue(k)) {
+                        return fail(&self.location(root, i), k.clone());
                     }
                 }
                 return Outcome::Pass;
@@ -332,13 +332,18 @@ impl Rule {
                 let Some(base) = input.baseline else {
                     return Outcome::Pass;
                 };
-                let (now, before) = if self.path.is_some() {
-                    (values.len() as f64, selected(self, base).len() as f64)
-                } else {
-                    (
+                let (now, before) = match (&self.path, base) {
+                    (Some((_, p)), Document::Tree(b)) => {
+                        (values.len() as f64, p.query(b).len() as f64)
+                    }
+                    (Some(_), Document::Text(_)) => {
+                        let b = doc_value(base);
+                        (values.len() as f64, selected(self, &b).len() as f64)
+                    }
+                    (None, _) => (
                         input.doc.canonical_text().len() as f64,
                         base.canonical_text().len() as f64,
-                    )
+                    ),
                 };
                 if before == 0.0 {
                     return Outcome::Pass;
@@ -356,29 +361,28 @@ impl Rule {
                     Outcome::Pass
                 };
             }
-            Check::Expr(program) => {
-                let vars = match cel.vars(input) {
-                    Ok(v) => v,
-                    Err(e) => return Outcome::Error(e),
-                };
-                let mut ctx = cel::Context::default();
-                ctx.add_variable_from_value("config", vars[0].clone());
-                ctx.add_variable_from_value("baseline", vars[1].clone());
-                ctx.add_variable_from_value("node", vars[2].clone());
-                let each: Vec<(String, Value)> = if self.path.is_some() {
-                    if values.is_empty() {
-                        return match missing {
-                            WhenMissing::Pass => Outcome::Pass,
-                            WhenMissing::Fail => fail(self.path_text(), Value::Null),
-                        };
+            Check::Expr(program, uses) => {
+                let env = cel_env();
+                let mut ctx = cel::Context::with_env(env);
+                for (i, name) in ["config", "baseline", "node"].into_iter().enumerate() {
+                    if uses[i] {
+                        match cel.var(i, input) {
+                            Ok(v) => ctx.add_variable_from_value(name, v),
+                            Err(e) => return Outcome::Error(e),
+                        }
                     }
-                    values
+                }
+                let each: Vec<&Value> = if self.path.is_some() {
+                    if values.is_empty() {
+                        return on_missing();
+                    }
+                    values.clone()
                 } else {
-                    vec![("$".into(), Value::Null)]
+                    vec![&Value::Null]
                 };
-                for (p, v) in each {
+                for (i, v) in each.into_iter().enumerate() {
                     let mut inner = ctx.new_inner_scope();
-                    match cel::to_value(&v) {
+                    match cel::to_value(v) {
                         Ok(cv) => inner.add_variable_from_value("value", cv),
                         Err(e) => {
                             return Outcome::Error(format!("cannot pass the value to CEL: {e}"));
@@ -389,7 +393,9 @@ impl Rule {
                     }));
                     match res {
                         Ok(Ok(cel::Value::Bool(true))) => {}
-                        Ok(Ok(cel::Value::Bool(false))) => return fail(&p, v),
+                        Ok(Ok(cel::Value::Bool(false))) => {
+                            return fail(&self.location(root, i), v.clone());
+                        }
                         Ok(Ok(other)) => {
                             return Outcome::Error(format!("expr gave {other:?}, not a boolean"));
                         }
@@ -402,12 +408,10 @@ impl Rule {
             _ => {}
         }
         if values.is_empty() {
-            return match missing {
-                WhenMissing::Pass => Outcome::Pass,
-                WhenMissing::Fail => fail(self.path_text(), Value::Null),
-            };
+            return on_missing();
         }
-        for (p, v) in &values {
+        for (i, v) in values.iter().enumerate() {
+            let v: &Value = v;
             let ok = match &self.check {
                 Check::Equals(e) => loose_eq(v, e),
                 Check::NotEquals(e) => !loose_eq(v, e),
@@ -420,7 +424,7 @@ impl Rule {
                     match compare_loose(v, e) {
                         None => {
                             return Outcome::Fail {
-                                path: p.clone(),
+                                path: self.location(root, i),
                                 expected: self.check.expected(),
                                 message: format!(
                                     "{}: {} cannot be compared with {} (not numbers, versions or durations)",
@@ -442,10 +446,23 @@ impl Rule {
                 _ => true,
             };
             if !ok {
-                return fail(p, v.clone());
+                return fail(&self.location(root, i), v.clone());
             }
         }
         Outcome::Pass
+    }
+
+    /// The display location of the `i`-th value the path selects in `root`.
+    fn location(&self, root: &Value, i: usize) -> String {
+        match &self.path {
+            Some((_, p)) => p
+                .query_located(root)
+                .into_iter()
+                .nth(i)
+                .map(|n| crate::compare::display_location(n.location()))
+                .unwrap_or_else(|| self.path_text().to_string()),
+            None => "$".into(),
+        }
     }
 
     fn path_text(&self) -> &str {
@@ -472,6 +489,40 @@ impl Rule {
                 text_of(&expected)
             ),
         }
+    }
+}
+
+/// A JSON value hashed by content, for `unique` without rendering every value to text.
+struct HashableValue<'a>(&'a Value);
+
+impl PartialEq for HashableValue<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for HashableValue<'_> {}
+impl std::hash::Hash for HashableValue<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        fn walk<H: std::hash::Hasher>(v: &Value, h: &mut H) {
+            match v {
+                Value::Null => 0u8.hash(h),
+                Value::Bool(b) => (1u8, b).hash(h),
+                Value::Number(n) => (2u8, n.to_string()).hash(h),
+                Value::String(s) => (3u8, s).hash(h),
+                Value::Array(a) => {
+                    (4u8, a.len()).hash(h);
+                    a.iter().for_each(|x| walk(x, h));
+                }
+                Value::Object(o) => {
+                    (5u8, o.len()).hash(h);
+                    for (k, x) in o {
+                        k.hash(h);
+                        walk(x, h);
+                    }
+                }
+            }
+        }
+        walk(self.0, h)
     }
 }
 
