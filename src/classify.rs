@@ -6,7 +6,7 @@
 use crate::baseline::Scope;
 use crate::compare::{self, Difference};
 use crate::config::{ConfigPlan, Plan};
-use crate::finding::{Change, Finding, Kind, Severity, State, fingerprint};
+use crate::finding::{Change, Finding, Kind, Severity, fingerprint};
 use crate::inventory::Node;
 use crate::normalize::Document;
 use crate::rules::{CelCache, Input, Outcome};
@@ -94,22 +94,22 @@ pub fn evaluate(
                 actual,
                 expected,
                 message,
-            } => r.findings.push(Finding {
-                fingerprint: fingerprint(Kind::Violation, &node.name, &cfg.name, &rule.id),
-                kind: Kind::Violation,
-                severity: rule.severity,
-                node: node.name.clone(),
-                config: cfg.name.clone(),
-                path,
-                change: None,
-                expected,
-                actual,
-                rule: Some(rule.id.clone()),
-                message,
-                first_seen: now.to_string(),
-                last_seen: now.to_string(),
-                state: State::New,
-            }),
+            } => {
+                let mut f = Finding::observed(
+                    Kind::Violation,
+                    rule.severity,
+                    &node.name,
+                    &cfg.name,
+                    path,
+                    &rule.id,
+                    message,
+                    now,
+                );
+                f.expected = expected;
+                f.actual = actual;
+                f.rule = Some(rule.id.clone());
+                r.findings.push(f);
+            }
             Outcome::Error(e) => {
                 let mut f = coverage(
                     Kind::Invalid,
@@ -185,22 +185,16 @@ pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
 }
 
 fn coverage(kind: Kind, node: &Node, cfg: &ConfigPlan, message: String, now: &str) -> Finding {
-    Finding {
-        fingerprint: fingerprint(kind, &node.name, &cfg.name, ""),
+    Finding::observed(
         kind,
-        severity: kind.default_severity(),
-        node: node.name.clone(),
-        config: cfg.name.clone(),
-        path: String::new(),
-        change: None,
-        expected: Value::Null,
-        actual: Value::Null,
-        rule: None,
+        kind.default_severity(),
+        &node.name,
+        &cfg.name,
+        String::new(),
+        "",
         message,
-        first_seen: now.to_string(),
-        last_seen: now.to_string(),
-        state: State::New,
-    }
+        now,
+    )
 }
 
 /// A short, one-line rendering of a value for messages.
@@ -226,20 +220,19 @@ fn drift(d: Difference, node: &Node, cfg: &ConfigPlan, now: &str) -> Finding {
         Change::Changed => format!("{} → {}", short(&expected), short(&actual)),
     };
     let severity: Severity = d.severity.unwrap_or(Kind::Drift.default_severity());
-    Finding {
-        fingerprint: fingerprint(Kind::Drift, &node.name, &cfg.name, &d.path),
-        kind: Kind::Drift,
+    let message = format!("{}/{} {}: {what}", node.name, cfg.name, d.path);
+    let mut f = Finding::observed(
+        Kind::Drift,
         severity,
-        node: node.name.clone(),
-        config: cfg.name.clone(),
-        message: format!("{}/{} {}: {what}", node.name, cfg.name, d.path),
-        path: d.path,
-        change: Some(d.change),
-        expected,
-        actual,
-        rule: None,
-        first_seen: now.to_string(),
-        last_seen: now.to_string(),
-        state: State::New,
-    }
+        &node.name,
+        &cfg.name,
+        d.path.clone(),
+        &d.path,
+        message,
+        now,
+    );
+    f.change = Some(d.change);
+    f.expected = expected;
+    f.actual = actual;
+    f
 }

@@ -210,6 +210,66 @@ pub struct Finding {
     /// RFC 3339 UTC.
     pub last_seen: String,
     pub state: State,
+    /// For a reopened finding: when it had been fixed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fixed_at: Option<String>,
+    /// For a regression by value: the superseded baseline version the live value went back to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub regression_of: Option<String>,
+    /// Part of the initial inventory: found on the first scan of its node and config.
+    #[serde(default)]
+    pub initial: bool,
+    /// Past its persistence gate and not acknowledged: it may raise an alert.
+    #[serde(default)]
+    pub alertable: bool,
+    /// The acknowledgement in force, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ack: Option<AckInfo>,
+}
+
+/// What a report says about an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckInfo {
+    pub owner: String,
+    pub reason: String,
+    pub until: String,
+}
+
+impl Finding {
+    /// A finding observed now, before the lifecycle gives it a state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observed(
+        kind: Kind,
+        severity: Severity,
+        node: &str,
+        config: &str,
+        path: String,
+        subject: &str,
+        message: String,
+        now: &str,
+    ) -> Finding {
+        Finding {
+            fingerprint: fingerprint(kind, node, config, subject),
+            kind,
+            severity,
+            node: node.to_string(),
+            config: config.to_string(),
+            path,
+            change: None,
+            expected: Value::Null,
+            actual: Value::Null,
+            rule: None,
+            message,
+            first_seen: now.to_string(),
+            last_seen: now.to_string(),
+            state: State::New,
+            fixed_at: None,
+            regression_of: None,
+            initial: false,
+            alertable: true,
+            ack: None,
+        }
+    }
 }
 
 /// The stable fingerprint of a finding's identity.

@@ -6,6 +6,7 @@
 //!   [`template`] `${...}` substitution; [`units`] durations and sizes.
 //! - [`collect`]: fetching live config over http, from files and through commands (the only network I/O of a scan).
 //! - [`normalize`]: bytes of json, yaml, toml, ini, kv or text become one canonical [`normalize::Document`].
+//! - [`redact`]: secrets become `<redacted:HASH8>` markers (keyed hash) before anything is stored, compared or shown.
 //! - [`baseline`]: the `baselines/` tree, precedence, node variables, writing approvals.
 //! - [`compare`]: the structural diff and the unified diff (pure).
 //! - [`classify`]: turning a fetch outcome and a comparison into [`finding::Finding`]s (pure).
@@ -23,10 +24,13 @@ pub mod compare;
 pub mod config;
 pub mod finding;
 pub mod inventory;
+pub mod lifecycle;
 pub mod normalize;
+pub mod redact;
 pub mod report;
 pub mod rules;
 pub mod scan;
 pub mod sim;
+pub mod store;
 pub mod template;
 pub mod units;

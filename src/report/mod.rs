@@ -249,25 +249,18 @@ pub fn human(report: &Report, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::{State, fingerprint};
 
     fn finding(kind: Kind, severity: Severity) -> Finding {
-        Finding {
-            fingerprint: fingerprint(kind, "n", "c", ""),
+        Finding::observed(
             kind,
             severity,
-            node: "n".into(),
-            config: "c".into(),
-            path: "$.a".into(),
-            change: None,
-            expected: serde_json::Value::Null,
-            actual: serde_json::Value::Null,
-            rule: None,
-            message: "m".into(),
-            first_seen: String::new(),
-            last_seen: String::new(),
-            state: State::New,
-        }
+            "n",
+            "c",
+            "$.a".into(),
+            "$.a",
+            "m".into(),
+            "",
+        )
     }
 
     fn report(findings: Vec<Finding>) -> Report {

@@ -1,0 +1,156 @@
+//! The store: plumb's memory of scans, snapshots, baseline versions, findings and acknowledgements, behind the
+//! [`Store`] trait; [`sqlite::SqliteStore`] is the embedded implementation (WAL, versioned migrations).
+//!
+//! A scan's results are written in one transaction: a scan killed at any moment leaves the previous state intact.
+
+pub mod sqlite;
+
+use crate::lifecycle::{Ack, Record};
+use std::collections::{HashMap, HashSet};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Sqlite { path: String, message: String },
+    #[error("store {path}: schema version {found} is newer than this plumb understands ({known})")]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("store: {0}")]
+    Corrupt(String),
+}
+
+/// A (node, config) pair.
+pub type Target = (String, String);
+
+/// What the store remembers that a scan needs.
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    /// Records of every finding of the requested targets, any state.
+    pub records: HashMap<String, Record>,
+    /// The latest snapshot hash of each known target (`None`: never read).
+    pub last_hash: HashMap<Target, Option<String>>,
+    /// Acknowledgements in force.
+    pub acks: HashMap<String, Ack>,
+}
+
+impl Memory {
+    /// Targets never scanned before.
+    pub fn first_time(&self, targets: &[Target]) -> HashSet<Target> {
+        targets
+            .iter()
+            .filter(|t| !self.last_hash.contains_key(*t))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A snapshot to record: the redacted canonical text of one target's live content.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub node: String,
+    pub config: String,
+    pub hash: String,
+    /// `None` when the content is unchanged since the last scan (nothing is rewritten).
+    pub content: Option<String>,
+}
+
+/// Everything one scan writes.
+#[derive(Debug, Clone, Default)]
+pub struct ScanCommit {
+    pub scan_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub nodes_total: usize,
+    pub nodes_read: usize,
+    pub nodes_unreadable: usize,
+    pub findings: usize,
+    /// Snapshots of targets whose content changed (or that are new).
+    pub snapshots: Vec<Snapshot>,
+    /// Targets seen for the first time without being read.
+    pub unread_new_targets: Vec<Target>,
+    pub records: Vec<Record>,
+    pub ended_acks: Vec<String>,
+}
+
+/// One baseline file version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineVersion {
+    /// Path relative to plumb.toml's directory.
+    pub file: String,
+    pub config: String,
+    pub hash: String,
+    /// Canonical text of the parsed (unsubstituted) baseline.
+    pub content: String,
+    /// Whether the content is text lines (else canonical JSON).
+    pub text: bool,
+    pub first_seen: String,
+    pub superseded_at: Option<String>,
+}
+
+/// Filters for `plumb findings`.
+#[derive(Debug, Clone, Default)]
+pub struct FindingFilter {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub node: Option<String>,
+    pub config: Option<String>,
+}
+
+/// One entry of a target's history: when its content became this snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub node: String,
+    pub config: String,
+    pub at: String,
+    pub scan_id: String,
+    pub hash: String,
+    pub content: Option<String>,
+}
+
+/// What pruning removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub scans: usize,
+    pub history: usize,
+    pub snapshots: usize,
+    pub findings: usize,
+    pub acks: usize,
+}
+
+/// plumb's memory. Implementations must make [`Store::commit`] atomic.
+pub trait Store: Send {
+    /// The secret key for redaction markers, created on first use; never printed.
+    fn secret_key(&mut self) -> Result<[u8; 32], StoreError>;
+    /// What a scan of `targets` needs to know.
+    fn load(&mut self, targets: &[Target]) -> Result<Memory, StoreError>;
+    /// Record the baseline files in force now; returns every version ever seen (with `superseded_at` set on those
+    /// replaced by a newer one).
+    fn record_baselines(
+        &mut self,
+        current: &[BaselineVersion],
+        now: &str,
+    ) -> Result<Vec<BaselineVersion>, StoreError>;
+    /// Write one scan's results, all or nothing.
+    fn commit(&mut self, scan: &ScanCommit) -> Result<(), StoreError>;
+    /// Stored findings matching `filter`.
+    fn findings(&mut self, filter: &FindingFilter) -> Result<Vec<Record>, StoreError>;
+    /// The snapshot timeline of a node (and config), oldest first.
+    fn history(
+        &mut self,
+        node: &str,
+        config: Option<&str>,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Add or replace an acknowledgement.
+    fn ack(&mut self, ack: &Ack) -> Result<(), StoreError>;
+    /// End an acknowledgement now; false when there was none in force.
+    fn unack(&mut self, fingerprint: &str, now: &str) -> Result<bool, StoreError>;
+    /// Acknowledgements in force.
+    fn acks(&mut self) -> Result<Vec<Ack>, StoreError>;
+    /// Remove history older than `before`, never what a live finding or a target's latest state points to.
+    fn prune(&mut self, before: &str) -> Result<Pruned, StoreError>;
+}

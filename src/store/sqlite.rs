@@ -1,0 +1,783 @@
+//! The embedded SQLite store: one file (default `.plumb/state.db`), WAL journal, schema versions in
+//! `PRAGMA user_version` applied as numbered migrations inside a transaction.
+
+use super::{
+    BaselineVersion, FindingFilter, HistoryEntry, Memory, Pruned, ScanCommit, Store, StoreError,
+    Target,
+};
+use crate::lifecycle::{Ack, Record};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+
+/// Every migration, in order; `user_version` counts how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+     CREATE TABLE scans (
+        id TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
+        nodes_total INTEGER NOT NULL, nodes_read INTEGER NOT NULL, nodes_unreadable INTEGER NOT NULL,
+        findings INTEGER NOT NULL);
+     CREATE INDEX scans_started ON scans(started_at);
+     CREATE TABLE snapshots (hash TEXT PRIMARY KEY, content TEXT NOT NULL, size INTEGER NOT NULL,
+        first_seen TEXT NOT NULL);
+     CREATE TABLE targets (node TEXT NOT NULL, config TEXT NOT NULL, hash TEXT, PRIMARY KEY (node, config));
+     CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, config TEXT NOT NULL,
+        at TEXT NOT NULL, scan_id TEXT NOT NULL, hash TEXT NOT NULL);
+     CREATE INDEX history_target ON history(node, config, id);
+     CREATE INDEX history_at ON history(at);
+     CREATE TABLE baseline_versions (file TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL,
+        content TEXT NOT NULL, text INTEGER NOT NULL, first_seen TEXT NOT NULL, superseded_at TEXT,
+        PRIMARY KEY (file, hash));
+     CREATE TABLE findings (fingerprint TEXT PRIMARY KEY, node TEXT NOT NULL, config TEXT NOT NULL,
+        kind TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL, last_seen TEXT NOT NULL,
+        record TEXT NOT NULL);
+     CREATE INDEX findings_target ON findings(node, config);
+     CREATE INDEX findings_state ON findings(state);
+     CREATE TABLE acks (fingerprint TEXT NOT NULL, created_at TEXT NOT NULL, until TEXT NOT NULL,
+        ended_at TEXT, record TEXT NOT NULL);
+     CREATE INDEX acks_open ON acks(fingerprint, ended_at);",
+];
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Open (creating the file and its directory if needed) and migrate.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlite {
+                path: path.display().to_string(),
+                message: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| err(path, e))?;
+        let mut s = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+        };
+        s.setup()?;
+        Ok(s)
+    }
+
+    /// An in-memory store (tests, the demo).
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|e| err(Path::new(":memory:"), e))?;
+        let mut s = SqliteStore {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        s.setup()?;
+        Ok(s)
+    }
+
+    fn e(&self, e: rusqlite::Error) -> StoreError {
+        err(&self.path, e)
+    }
+
+    fn setup(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| self.e(e))?;
+        // WAL: readers never block the writer, and a crash mid-write leaves the last commit intact.
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(|e| self.e(e))?;
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| self.e(e))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.e(e))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.display().to_string(),
+                found: version,
+                known,
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(|e| err(&self.path, e))?;
+            tx.execute_batch(m).map_err(|e| err(&self.path, e))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(|e| err(&self.path, e))?;
+            tx.commit().map_err(|e| err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The schema version in force.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.e(e))
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when the file is sound.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.e(e))
+    }
+}
+
+fn err(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("a stored record does not parse: {e}"))
+}
+
+impl Store for SqliteStore {
+    fn secret_key(&mut self) -> Result<[u8; 32], StoreError> {
+        let existing: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'redaction_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.e(e))?;
+        if let Some(v) = existing {
+            return v
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("the redaction key is not 32 bytes".into()));
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| StoreError::Corrupt(format!("no randomness for the key: {e}")))?;
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('redaction_key', ?1)",
+                params![key.to_vec()],
+            )
+            .map_err(|e| self.e(e))?;
+        // Another process may have won the race: read back what is stored.
+        let v: Vec<u8> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'redaction_key'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.e(e))?;
+        v.try_into()
+            .map_err(|_| StoreError::Corrupt("the redaction key is not 32 bytes".into()))
+    }
+
+    fn load(&mut self, targets: &[Target]) -> Result<Memory, StoreError> {
+        let mut mem = Memory::default();
+        let wanted: std::collections::HashSet<&Target> = targets.iter().collect();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT node, config, hash FROM targets")
+                .map_err(|e| err(&self.path, e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .map_err(|e| err(&self.path, e))?;
+            for row in rows {
+                let (t, h) = row.map_err(|e| err(&self.path, e))?;
+                if wanted.contains(&t) {
+                    mem.last_hash.insert(t, h);
+                }
+            }
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT node, config, record FROM findings")
+                .map_err(|e| err(&self.path, e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(|e| err(&self.path, e))?;
+            for row in rows {
+                let (t, rec) = row.map_err(|e| err(&self.path, e))?;
+                if wanted.contains(&t) {
+                    let rec: Record = serde_json::from_str(&rec).map_err(json_err)?;
+                    mem.records.insert(rec.finding.fingerprint.clone(), rec);
+                }
+            }
+        }
+        for a in self.acks()? {
+            mem.acks.insert(a.fingerprint.clone(), a);
+        }
+        Ok(mem)
+    }
+
+    fn record_baselines(
+        &mut self,
+        current: &[BaselineVersion],
+        now: &str,
+    ) -> Result<Vec<BaselineVersion>, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        for v in current {
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO baseline_versions (file, hash, config, content, text, first_seen) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![v.file, v.hash, v.config, v.content, v.text, now],
+                )
+                .map_err(|e| err(&path, e))?;
+            // The version in force is never superseded; every other version of the file is.
+            tx.execute(
+                "UPDATE baseline_versions SET superseded_at = ?3 \
+                 WHERE file = ?1 AND hash != ?2 AND superseded_at IS NULL",
+                params![v.file, v.hash, now],
+            )
+            .map_err(|e| err(&path, e))?;
+            if inserted == 0 {
+                tx.execute(
+                    "UPDATE baseline_versions SET superseded_at = NULL WHERE file = ?1 AND hash = ?2",
+                    params![v.file, v.hash],
+                )
+                .map_err(|e| err(&path, e))?;
+            }
+        }
+        let mut out = Vec::new();
+        {
+            let mut st = tx
+                .prepare(
+                    "SELECT file, config, hash, content, text, first_seen, superseded_at FROM baseline_versions \
+                     ORDER BY file, first_seen",
+                )
+                .map_err(|e| err(&path, e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(BaselineVersion {
+                        file: r.get(0)?,
+                        config: r.get(1)?,
+                        hash: r.get(2)?,
+                        content: r.get(3)?,
+                        text: r.get(4)?,
+                        first_seen: r.get(5)?,
+                        superseded_at: r.get(6)?,
+                    })
+                })
+                .map_err(|e| err(&path, e))?;
+            for r in rows {
+                out.push(r.map_err(|e| err(&path, e))?);
+            }
+        }
+        tx.commit().map_err(|e| err(&path, e))?;
+        Ok(out)
+    }
+
+    fn commit(&mut self, scan: &ScanCommit) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |x| err(&path, x);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute(
+            "INSERT INTO scans (id, started_at, finished_at, nodes_total, nodes_read, nodes_unreadable, findings) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                scan.scan_id,
+                scan.started_at,
+                scan.finished_at,
+                scan.nodes_total as i64,
+                scan.nodes_read as i64,
+                scan.nodes_unreadable as i64,
+                scan.findings as i64
+            ],
+        )
+        .map_err(e)?;
+        {
+            let mut ins_snap = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO snapshots (hash, content, size, first_seen) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(e)?;
+            let mut up_target = tx
+                .prepare_cached(
+                    "INSERT INTO targets (node, config, hash) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (node, config) DO UPDATE SET hash = excluded.hash",
+                )
+                .map_err(e)?;
+            let mut ins_hist = tx
+                .prepare_cached("INSERT INTO history (node, config, at, scan_id, hash) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(e)?;
+            for s in &scan.snapshots {
+                if let Some(c) = &s.content {
+                    ins_snap
+                        .execute(params![s.hash, c, c.len() as i64, scan.started_at])
+                        .map_err(e)?;
+                    up_target
+                        .execute(params![s.node, s.config, s.hash])
+                        .map_err(e)?;
+                    ins_hist
+                        .execute(params![
+                            s.node,
+                            s.config,
+                            scan.started_at,
+                            scan.scan_id,
+                            s.hash
+                        ])
+                        .map_err(e)?;
+                }
+            }
+            let mut new_target = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO targets (node, config, hash) VALUES (?1, ?2, NULL)",
+                )
+                .map_err(e)?;
+            for (n, c) in &scan.unread_new_targets {
+                new_target.execute(params![n, c]).map_err(e)?;
+            }
+            let mut up_finding = tx
+                .prepare_cached(
+                    "INSERT INTO findings (fingerprint, node, config, kind, state, severity, last_seen, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (fingerprint) DO UPDATE SET kind = excluded.kind, state = excluded.state, \
+                     severity = excluded.severity, last_seen = excluded.last_seen, record = excluded.record",
+                )
+                .map_err(e)?;
+            for r in &scan.records {
+                let f = &r.finding;
+                let json = serde_json::to_string(r).map_err(json_err)?;
+                up_finding
+                    .execute(params![
+                        f.fingerprint,
+                        f.node,
+                        f.config,
+                        f.kind.as_str(),
+                        f.state.as_str(),
+                        f.severity.as_str(),
+                        f.last_seen,
+                        json
+                    ])
+                    .map_err(e)?;
+            }
+            let mut end_ack = tx
+                .prepare_cached(
+                    "UPDATE acks SET ended_at = ?2 WHERE fingerprint = ?1 AND ended_at IS NULL",
+                )
+                .map_err(e)?;
+            for fp in &scan.ended_acks {
+                end_ack.execute(params![fp, scan.started_at]).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    fn findings(&mut self, filter: &FindingFilter) -> Result<Vec<Record>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT record FROM findings WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2) \
+                 AND (?3 IS NULL OR node = ?3) AND (?4 IS NULL OR config = ?4) ORDER BY node, config, fingerprint",
+            )
+            .map_err(|e| err(&self.path, e))?;
+        let rows = st
+            .query_map(
+                params![filter.state, filter.kind, filter.node, filter.config],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(|e| err(&self.path, e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let text = r.map_err(|e| err(&self.path, e))?;
+            out.push(serde_json::from_str(&text).map_err(json_err)?);
+        }
+        Ok(out)
+    }
+
+    fn history(
+        &mut self,
+        node: &str,
+        config: Option<&str>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT h.node, h.config, h.at, h.scan_id, h.hash, s.content FROM history h \
+                 LEFT JOIN snapshots s ON s.hash = h.hash \
+                 WHERE h.node = ?1 AND (?2 IS NULL OR h.config = ?2) ORDER BY h.config, h.id",
+            )
+            .map_err(|e| err(&self.path, e))?;
+        let rows = st
+            .query_map(params![node, config], |r| {
+                Ok(HistoryEntry {
+                    node: r.get(0)?,
+                    config: r.get(1)?,
+                    at: r.get(2)?,
+                    scan_id: r.get(3)?,
+                    hash: r.get(4)?,
+                    content: r.get(5)?,
+                })
+            })
+            .map_err(|e| err(&self.path, e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(&self.path, e))
+    }
+
+    fn ack(&mut self, ack: &Ack) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        tx.execute(
+            "UPDATE acks SET ended_at = ?2 WHERE fingerprint = ?1 AND ended_at IS NULL",
+            params![ack.fingerprint, ack.created_at],
+        )
+        .map_err(|e| err(&path, e))?;
+        tx.execute(
+            "INSERT INTO acks (fingerprint, created_at, until, record) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                ack.fingerprint,
+                ack.created_at,
+                ack.until,
+                serde_json::to_string(ack).map_err(json_err)?
+            ],
+        )
+        .map_err(|e| err(&path, e))?;
+        tx.commit().map_err(|e| err(&path, e))
+    }
+
+    fn unack(&mut self, fingerprint: &str, now: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE acks SET ended_at = ?2 WHERE fingerprint = ?1 AND ended_at IS NULL",
+                params![fingerprint, now],
+            )
+            .map_err(|e| self.e(e))?;
+        Ok(n > 0)
+    }
+
+    fn acks(&mut self) -> Result<Vec<Ack>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT record FROM acks WHERE ended_at IS NULL ORDER BY created_at")
+            .map_err(|e| err(&self.path, e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| err(&self.path, e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let text = r.map_err(|e| err(&self.path, e))?;
+            out.push(serde_json::from_str(&text).map_err(json_err)?);
+        }
+        Ok(out)
+    }
+
+    fn prune(&mut self, before: &str) -> Result<Pruned, StoreError> {
+        let path = self.path.clone();
+        let e = |x| err(&path, x);
+        let tx = self.conn.transaction().map_err(e)?;
+        let mut p = Pruned {
+            scans: tx
+                .execute("DELETE FROM scans WHERE started_at < ?1", params![before])
+                .map_err(e)?,
+            ..Default::default()
+        };
+        // History: old entries go, but each target keeps its latest entry.
+        p.history = tx
+            .execute(
+                "DELETE FROM history WHERE at < ?1 AND id NOT IN (SELECT MAX(id) FROM history GROUP BY node, config)",
+                params![before],
+            )
+            .map_err(e)?;
+        // Resolved findings not seen since the cut-off go; live ones (any other state) always stay.
+        p.findings = tx
+            .execute(
+                "DELETE FROM findings WHERE state = 'resolved' AND last_seen < ?1",
+                params![before],
+            )
+            .map_err(e)?;
+        p.acks = tx
+            .execute(
+                "DELETE FROM acks WHERE ended_at IS NOT NULL AND ended_at < ?1",
+                params![before],
+            )
+            .map_err(e)?;
+        // Snapshots nothing points to any more: no history entry and no target's current hash.
+        p.snapshots = tx
+            .execute(
+                "DELETE FROM snapshots WHERE hash NOT IN (SELECT hash FROM history) \
+                 AND hash NOT IN (SELECT hash FROM targets WHERE hash IS NOT NULL)",
+                [],
+            )
+            .map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::{Finding, Kind, Severity, State};
+    use crate::store::Snapshot;
+
+    fn record(fp_path: &str, state: State, last_seen: &str) -> Record {
+        let mut f = Finding::observed(
+            Kind::Drift,
+            Severity::Medium,
+            "n1",
+            "c",
+            fp_path.into(),
+            fp_path,
+            "m".into(),
+            last_seen,
+        );
+        f.state = state;
+        Record {
+            finding: f,
+            base_kind: Kind::Drift,
+            present: state != State::Resolved,
+            since: last_seen.into(),
+            scans_seen: 1,
+            resolved_at: None,
+            changes: vec![],
+            flapping_since: None,
+        }
+    }
+
+    fn commit(
+        store: &mut SqliteStore,
+        id: &str,
+        at: &str,
+        snapshots: Vec<Snapshot>,
+        records: Vec<Record>,
+    ) {
+        store
+            .commit(&ScanCommit {
+                scan_id: id.into(),
+                started_at: at.into(),
+                finished_at: at.into(),
+                snapshots,
+                records,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn snap(hash: &str, content: Option<&str>) -> Snapshot {
+        Snapshot {
+            node: "n1".into(),
+            config: "c".into(),
+            hash: hash.into(),
+            content: content.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn migrates_once_and_keeps_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/state.db");
+        let key = {
+            let mut s = SqliteStore::open(&p).unwrap();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            s.secret_key().unwrap()
+        };
+        let mut s = SqliteStore::open(&p).unwrap();
+        assert_eq!(s.secret_key().unwrap(), key);
+        assert_ne!(key, [0u8; 32]);
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        drop(SqliteStore::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
+        assert!(matches!(
+            SqliteStore::open(&p),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn snapshots_history_and_findings_round_trip() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let t = ("n1".to_string(), "c".to_string());
+        assert!(
+            s.load(std::slice::from_ref(&t))
+                .unwrap()
+                .first_time(std::slice::from_ref(&t))
+                .contains(&t)
+        );
+        commit(
+            &mut s,
+            "s1",
+            "2026-01-01T00:00:00Z",
+            vec![snap("h1", Some("a"))],
+            vec![record("$.a", State::New, "2026-01-01T00:00:00Z")],
+        );
+        commit(
+            &mut s,
+            "s2",
+            "2026-01-02T00:00:00Z",
+            vec![snap("h1", None)],
+            vec![],
+        );
+        commit(
+            &mut s,
+            "s3",
+            "2026-01-03T00:00:00Z",
+            vec![snap("h2", Some("b"))],
+            vec![],
+        );
+        let mem = s.load(std::slice::from_ref(&t)).unwrap();
+        assert_eq!(mem.last_hash[&t], Some("h2".to_string()));
+        assert!(mem.first_time(std::slice::from_ref(&t)).is_empty());
+        assert_eq!(mem.records.len(), 1);
+        let h = s.history("n1", None).unwrap();
+        assert_eq!(
+            h.iter()
+                .map(|e| (e.hash.as_str(), e.content.as_deref()))
+                .collect::<Vec<_>>(),
+            vec![("h1", Some("a")), ("h2", Some("b"))],
+            "an unchanged snapshot is not rewritten"
+        );
+        let f = s
+            .findings(&FindingFilter {
+                state: Some("new".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(f.len(), 1);
+        assert!(
+            s.findings(&FindingFilter {
+                kind: Some("violation".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn baseline_versions_are_superseded() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let v = |hash: &str| BaselineVersion {
+            file: "baselines/c/default.json".into(),
+            config: "c".into(),
+            hash: hash.into(),
+            content: format!("{{\"v\":\"{hash}\"}}"),
+            text: false,
+            first_seen: String::new(),
+            superseded_at: None,
+        };
+        s.record_baselines(&[v("a")], "t1").unwrap();
+        let all = s.record_baselines(&[v("b")], "t2").unwrap();
+        let a = all.iter().find(|x| x.hash == "a").unwrap();
+        let b = all.iter().find(|x| x.hash == "b").unwrap();
+        assert_eq!(a.superseded_at.as_deref(), Some("t2"));
+        assert_eq!(b.superseded_at, None);
+        // Going back to `a` makes `b` superseded and `a` current again.
+        let all = s.record_baselines(&[v("a")], "t3").unwrap();
+        assert_eq!(
+            all.iter().find(|x| x.hash == "a").unwrap().superseded_at,
+            None
+        );
+        assert_eq!(
+            all.iter()
+                .find(|x| x.hash == "b")
+                .unwrap()
+                .superseded_at
+                .as_deref(),
+            Some("t3")
+        );
+    }
+
+    #[test]
+    fn acks_end() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let a = Ack {
+            fingerprint: "f".into(),
+            owner: "o".into(),
+            reason: "r".into(),
+            until: "2030-01-01T00:00:00Z".into(),
+            value_only: false,
+            value: serde_json::Value::Null,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        };
+        s.ack(&a).unwrap();
+        assert_eq!(s.acks().unwrap(), vec![a.clone()]);
+        assert!(s.unack("f", "2026-01-02T00:00:00Z").unwrap());
+        assert!(!s.unack("f", "2026-01-02T00:00:00Z").unwrap());
+        assert!(s.acks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pruning_keeps_what_live_findings_and_targets_point_to() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        commit(
+            &mut s,
+            "s1",
+            "2026-01-01T00:00:00Z",
+            vec![snap("h1", Some("a"))],
+            vec![
+                record("$.old", State::Resolved, "2026-01-01T00:00:00Z"),
+                record("$.live", State::Ongoing, "2026-01-01T00:00:00Z"),
+            ],
+        );
+        commit(
+            &mut s,
+            "s2",
+            "2026-01-02T00:00:00Z",
+            vec![snap("h2", Some("b"))],
+            vec![],
+        );
+        commit(
+            &mut s,
+            "s3",
+            "2026-03-01T00:00:00Z",
+            vec![snap("h2", None)],
+            vec![],
+        );
+        let p = s.prune("2026-02-01T00:00:00Z").unwrap();
+        assert_eq!(
+            p,
+            Pruned {
+                scans: 2,
+                history: 1,
+                snapshots: 1,
+                findings: 1,
+                acks: 0
+            }
+        );
+        let left: Vec<String> = s
+            .findings(&FindingFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.finding.path)
+            .collect();
+        assert_eq!(
+            left,
+            vec!["$.live".to_string()],
+            "a live finding is never pruned"
+        );
+        let h = s.history("n1", Some("c")).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            h[0].content.as_deref(),
+            Some("b"),
+            "the latest state keeps its snapshot"
+        );
+    }
+}
