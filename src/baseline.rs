@@ -76,6 +76,103 @@ impl BaselineSet {
     }
 }
 
+/// A superseded version of a baseline file, as the store remembers it.
+#[derive(Debug, Clone)]
+pub struct OldBaseline {
+    /// The file, relative to plumb.toml's directory.
+    pub file: String,
+    pub hash: String,
+    pub superseded_at: String,
+    pub doc: Document,
+}
+
+/// Superseded versions of each baseline file, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct BaselineHistory {
+    by_file: std::collections::HashMap<PathBuf, Vec<OldBaseline>>,
+}
+
+impl BaselineHistory {
+    /// Build from the store's versions; `root` turns their relative paths into the plan's file paths.
+    pub fn from_versions(
+        root: &Path,
+        versions: &[crate::store::BaselineVersion],
+    ) -> BaselineHistory {
+        let mut h = BaselineHistory::default();
+        for v in versions {
+            let Some(at) = &v.superseded_at else {
+                continue;
+            };
+            let doc = if v.text {
+                Document::Text(v.content.lines().map(str::to_string).collect())
+            } else {
+                match serde_json::from_str(&v.content) {
+                    Ok(t) => Document::Tree(t),
+                    Err(_) => continue,
+                }
+            };
+            h.by_file
+                .entry(root.join(&v.file))
+                .or_default()
+                .push(OldBaseline {
+                    file: v.file.clone(),
+                    hash: v.hash.clone(),
+                    superseded_at: at.clone(),
+                    doc,
+                });
+        }
+        for list in h.by_file.values_mut() {
+            list.sort_by(|a, b| b.superseded_at.cmp(&a.superseded_at));
+        }
+        h
+    }
+
+    /// Superseded versions of the file at `path`, newest first.
+    pub fn versions(&self, path: &Path) -> &[OldBaseline] {
+        self.by_file.get(path).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+impl BaselineSet {
+    /// Every baseline file in force, as versions to record (content redacted, unsubstituted).
+    pub fn versions(
+        &self,
+        root: &Path,
+        redactor: Option<&crate::redact::Redactor>,
+    ) -> Vec<crate::store::BaselineVersion> {
+        let mut out = Vec::new();
+        for (config, cb) in &self.configs {
+            let files = cb
+                .default
+                .iter()
+                .chain(cb.labels.iter().map(|(_, _, f)| f))
+                .chain(cb.nodes.values());
+            for f in files {
+                let mut doc = f.doc.clone();
+                if let Some(r) = redactor {
+                    r.redact(&mut doc);
+                }
+                let content = doc.canonical_text();
+                out.push(crate::store::BaselineVersion {
+                    file: f
+                        .path
+                        .strip_prefix(root)
+                        .unwrap_or(&f.path)
+                        .display()
+                        .to_string(),
+                    config: config.clone(),
+                    hash: blake3::hash(content.as_bytes()).to_hex().to_string(),
+                    content,
+                    text: matches!(doc, Document::Text(_)),
+                    first_seen: String::new(),
+                    superseded_at: None,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// Load every baseline under `dir` for the given configs; all errors are returned together.
 pub fn load_dir(
     dir: &Path,

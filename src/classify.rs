@@ -27,6 +27,8 @@ pub struct TargetResult {
     pub document: Option<Document>,
     /// The baseline file that applied, if any.
     pub baseline: Option<(Scope, PathBuf)>,
+    /// The snapshot hash of the redacted live content, and the content itself when it changed since the last scan.
+    pub snapshot: Option<(String, Option<String>)>,
 }
 
 /// Evaluate one fetched (or failed) target against its baseline.
@@ -37,6 +39,7 @@ pub fn evaluate(
     fetched: Result<Vec<u8>, String>,
     now: &str,
     keep_document: bool,
+    ctx: &Context,
 ) -> TargetResult {
     let mut r = TargetResult {
         node: node.name.clone(),
@@ -46,6 +49,7 @@ pub fn evaluate(
         unified: String::new(),
         document: None,
         baseline: None,
+        snapshot: None,
     };
     let bytes = match fetched {
         Ok(b) => b,
@@ -60,7 +64,7 @@ pub fn evaluate(
             return r;
         }
     };
-    let live = match cfg.normalizer.normalize(&bytes) {
+    let mut live = match cfg.normalizer.normalize(&bytes) {
         Ok(d) => d,
         Err(e) => {
             r.findings.push(coverage(
@@ -76,7 +80,22 @@ pub fn evaluate(
     r.read = true;
     let raw_len = bytes.len();
     drop(bytes);
-    let baseline = plan.baselines.for_node(&cfg.name, node);
+    // Secrets are replaced before anything is compared, stored, printed or sent.
+    if let Some(red) = &ctx.redactor {
+        red.redact(&mut live);
+    }
+    let text = live.canonical_text();
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    let target = (node.name.clone(), cfg.name.clone());
+    let unchanged = ctx
+        .previous
+        .get(&target)
+        .is_some_and(|h| h.as_deref() == Some(hash.as_str()));
+    r.snapshot = Some((hash, if unchanged { None } else { Some(text) }));
+    let mut baseline = plan.baselines.for_node(&cfg.name, node);
+    if let (Some(red), Some((_, _, doc))) = (&ctx.redactor, baseline.as_mut()) {
+        red.redact(doc);
+    }
     // Rules run on the same normalized tree as the comparison, parsed once.
     let mut cel = CelCache::default();
     for rule in plan.rules.for_target(&cfg.name, node) {
@@ -148,11 +167,18 @@ pub fn evaluate(
         Some((scope, file, expected)) => {
             r.baseline = Some((scope, file.path.clone()));
             let cmp = compare::compare(&expected, &live, &cfg.compare);
-            r.findings.extend(
-                cmp.differences
-                    .into_iter()
-                    .map(|d| drift(d, node, cfg, now)),
-            );
+            let old = ctx.history.versions(&file.path);
+            r.findings.extend(cmp.differences.into_iter().map(|d| {
+                let back_to = regressed_to(&d, old, node, ctx.redactor.as_deref());
+                let mut f = drift(d, node, cfg, now);
+                if let Some(v) = back_to {
+                    f.kind = Kind::Regression;
+                    f.severity = f.severity.max(Kind::Regression.default_severity());
+                    f.message = format!("{} (back to the superseded baseline {v})", f.message);
+                    f.regression_of = Some(v);
+                }
+                f
+            }));
             r.unified = cmp.unified;
         }
     }
@@ -160,6 +186,53 @@ pub fn evaluate(
         r.document = Some(live);
     }
     r
+}
+
+/// What a scan knows beyond the plan: the redactor, each target's last snapshot hash, superseded baselines.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub redactor: Option<std::sync::Arc<crate::redact::Redactor>>,
+    pub previous: std::sync::Arc<std::collections::HashMap<(String, String), Option<String>>>,
+    pub history: std::sync::Arc<crate::baseline::BaselineHistory>,
+}
+
+/// The superseded baseline version `d`'s live value went back to, if any (newest first).
+fn regressed_to(
+    d: &Difference,
+    old: &[crate::baseline::OldBaseline],
+    node: &Node,
+    redactor: Option<&crate::redact::Redactor>,
+) -> Option<String> {
+    if old.is_empty() || !d.path.starts_with('$') {
+        return None;
+    }
+    let path = serde_json_path::JsonPath::parse(&d.path).ok()?;
+    for v in old {
+        let Ok(mut doc) = crate::baseline::substitute_doc(&v.doc, node) else {
+            continue;
+        };
+        if let Some(red) = redactor {
+            red.redact(&mut doc);
+        }
+        let Some(tree) = doc.as_tree() else {
+            continue;
+        };
+        let found = path.query(tree).all();
+        let back = match (&d.actual, found.as_slice()) {
+            (Some(a), [one]) => *one == a,
+            (None, []) => true,
+            _ => false,
+        };
+        if back {
+            return Some(format!(
+                "{}@{} (superseded {})",
+                v.file,
+                &v.hash[..8.min(v.hash.len())],
+                v.superseded_at
+            ));
+        }
+    }
+    None
 }
 
 /// The result for a target whose evaluation panicked: an `invalid` finding, the scan goes on.
@@ -181,6 +254,7 @@ pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
         unified: String::new(),
         document: None,
         baseline: None,
+        snapshot: None,
     }
 }
 

@@ -112,6 +112,23 @@ pub struct RawConfig {
     pub configs: Vec<RawConfigDef>,
     #[serde(default, rename = "schedule")]
     pub schedules: Vec<RawSchedule>,
+    /// Secrets to replace before anything is stored, compared for display, printed or sent.
+    #[serde(default)]
+    pub redact: crate::redact::RedactSettings,
+    #[serde(default)]
+    pub findings: RawFindings,
+}
+
+/// `[findings]`: lifecycle settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFindings {
+    /// More than this many appear/disappear changes within `flap_window` make a finding flapping (default 4).
+    pub flap_changes: Option<usize>,
+    /// Default 1h.
+    pub flap_window: Option<String>,
+    /// A flapping finding clears after this long without a change (default 1h).
+    pub flap_quiet: Option<String>,
 }
 
 /// `[scan]`: how a scan fetches.
@@ -262,6 +279,9 @@ pub struct RawConfigDef {
     /// Directories a `file` source may read below (default: anywhere the template points).
     #[serde(default)]
     pub allowed_roots: Vec<String>,
+    /// Persistence gate: `"2 scans"` or a duration; findings become alertable only after persisting that long.
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
     #[serde(flatten)]
     pub compare: RawCompare,
 }
@@ -334,6 +354,8 @@ pub struct ConfigPlan {
     pub timeout: Duration,
     pub retries: u32,
     pub max_body: u64,
+    /// Persistence gate for this config's findings.
+    pub gate: Option<crate::lifecycle::Gate>,
 }
 
 /// Everything a scan needs, validated.
@@ -351,6 +373,11 @@ pub struct Plan {
     pub baselines: BaselineSet,
     pub rules: crate::rules::RuleSet,
     pub schedules: Vec<RawSchedule>,
+    /// Redaction settings, validated (the key comes from the store).
+    pub redact: crate::redact::RedactSettings,
+    pub lifecycle: crate::lifecycle::Settings,
+    /// `[store] keep`: history older than this is pruned after each recorded scan.
+    pub keep: Option<Duration>,
 }
 
 impl Plan {
@@ -445,10 +472,43 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
             "[scan] concurrency must be at least 1".into(),
         );
     }
-    if let Some(k) = &raw.store.keep
-        && let Err(e) = parse_duration(k)
-    {
-        err("keep", format!("[store] keep: {e}"));
+    let keep = match &raw.store.keep {
+        None => None,
+        Some(k) => match parse_duration(k) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                err("keep", format!("[store] keep: {e}"));
+                None
+            }
+        },
+    };
+    let mut lifecycle = crate::lifecycle::Settings::default();
+    if let Some(n) = raw.findings.flap_changes {
+        lifecycle.flap_changes = n;
+    }
+    for (val, slot, name) in [
+        (
+            &raw.findings.flap_window,
+            &mut lifecycle.flap_window,
+            "flap_window",
+        ),
+        (
+            &raw.findings.flap_quiet,
+            &mut lifecycle.flap_quiet,
+            "flap_quiet",
+        ),
+    ] {
+        if let Some(v) = val {
+            match parse_duration(v).map(chrono::Duration::from_std) {
+                Ok(Ok(d)) => *slot = d,
+                _ => err(name, format!("[findings] {name}: `{v}` is not a duration")),
+            }
+        }
+    }
+    if let Err(bad) = crate::redact::Redactor::new([0; 32], &raw.redact) {
+        for (pattern, message) in bad {
+            err(&pattern, format!("[redact] `{pattern}`: {message}"));
+        }
     }
 
     // Nodes: inline and from the inventory file.
@@ -612,6 +672,9 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         baselines: baselines.unwrap_or_default(),
         rules: rules.unwrap_or_default(),
         schedules: raw.schedules,
+        redact: raw.redact,
+        lifecycle,
+        keep,
     };
     // baseline.toml settings extend the config's own.
     for c in &mut plan.configs {
@@ -759,6 +822,16 @@ fn build_config(
             }),
         };
     let timeout = dur(&c.timeout, scan.timeout, "timeout", &mut e);
+    let gate = c
+        .for_
+        .as_ref()
+        .and_then(|g| match crate::lifecycle::Gate::parse(g) {
+            Ok(g) => Some(g),
+            Err(m) => {
+                e(g, format!("for: {m}"));
+                None
+            }
+        });
     let max_body = match &c.max_body {
         None => scan.max_body,
         Some(s) => parse_size(s).unwrap_or_else(|m| {
@@ -780,6 +853,7 @@ fn build_config(
             timeout,
             retries: c.retries.unwrap_or(scan.retries),
             max_body,
+            gate,
         }),
         _ => Err(errs),
     }

@@ -2,11 +2,17 @@
 //! semaphore of `[scan] concurrency`; fetching, parsing and comparing happen inside that task, so the work spreads
 //! over every core. One node failing never stops the others: it becomes a finding of its own.
 
+use crate::baseline::BaselineHistory;
 use crate::classify::{self, TargetResult};
 use crate::collect::Collector;
 use crate::config::Plan;
+use crate::finding::Finding;
 use crate::inventory::Selector;
+use crate::lifecycle::{self, Gate, StepInput};
+use crate::redact::Redactor;
 use crate::report::Report;
+use crate::store::{Memory, ScanCommit, Snapshot, Store, StoreError, Target};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -21,6 +27,8 @@ pub struct ScanOptions {
     pub config: Option<String>,
     /// Keep each normalized live document (for `diff` and `approve`).
     pub keep_documents: bool,
+    /// The redactor, previous snapshot hashes and superseded baselines.
+    pub context: classify::Context,
 }
 
 /// A finished scan: the report plus per-target detail.
@@ -42,6 +50,22 @@ pub enum ScanError {
     NotCarried { node: String, config: String },
 }
 
+/// The (node index, config index) targets a scan covers.
+pub fn select(plan: &Plan, opts: &ScanOptions) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (ni, node) in plan.nodes.iter().enumerate() {
+        if !opts.selector.matches(node) || opts.node.as_ref().is_some_and(|n| n != &node.name) {
+            continue;
+        }
+        for (ci, cfg) in plan.configs.iter().enumerate() {
+            if cfg.selector.matches(node) && opts.config.as_ref().is_none_or(|c| c == &cfg.name) {
+                out.push((ni, ci));
+            }
+        }
+    }
+    out
+}
+
 /// Run one scan.
 pub async fn run(
     plan: Arc<Plan>,
@@ -60,22 +84,12 @@ pub async fn run(
     }
     let started = chrono::Utc::now();
     let now = started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut targets_wanted: Vec<(usize, usize)> = Vec::new();
-    let mut nodes_selected = 0usize;
-    for (ni, node) in plan.nodes.iter().enumerate() {
-        if !opts.selector.matches(node) || opts.node.as_ref().is_some_and(|n| n != &node.name) {
-            continue;
-        }
-        let before = targets_wanted.len();
-        for (ci, cfg) in plan.configs.iter().enumerate() {
-            if cfg.selector.matches(node) && opts.config.as_ref().is_none_or(|c| c == &cfg.name) {
-                targets_wanted.push((ni, ci));
-            }
-        }
-        if targets_wanted.len() > before {
-            nodes_selected += 1;
-        }
-    }
+    let targets_wanted = select(&plan, &opts);
+    let nodes_selected = targets_wanted
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<HashSet<_>>()
+        .len();
     if let (Some(n), Some(c)) = (&opts.node, &opts.config)
         && targets_wanted.is_empty()
     {
@@ -91,6 +105,7 @@ pub async fn run(
         let (plan, collector, sem, now) =
             (plan.clone(), collector.clone(), sem.clone(), now.clone());
         let keep = opts.keep_documents;
+        let ctx = opts.context.clone();
         set.spawn(async move {
             let permit = sem.acquire_owned().await;
             let node = &plan.nodes[ni];
@@ -102,7 +117,7 @@ pub async fn run(
             drop(permit);
             // A panic in a parser must not sink the scan: it becomes an `invalid` finding for this target alone.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                classify::evaluate(&plan, node, cfg, fetched, &now, keep)
+                classify::evaluate(&plan, node, cfg, fetched, &now, keep, &ctx)
             }))
             .unwrap_or_else(|_| classify::crashed(node, cfg, &now))
         });
@@ -118,4 +133,140 @@ pub async fn run(
     let finished = chrono::Utc::now();
     let report = Report::build(started, finished, nodes_selected, &targets);
     Ok(ScanOutput { report, targets })
+}
+
+/// Open the store's view for a scan: the redaction key, the baseline versions in force (recorded, so that edits
+/// of baseline files become versions), superseded versions for regression checks, and previous snapshot hashes.
+/// Returns the memory the lifecycle needs after the scan.
+pub fn prepare(
+    plan: &Plan,
+    store: &mut dyn Store,
+    opts: &mut ScanOptions,
+    now: &str,
+) -> Result<Memory, PrepareError> {
+    let key = store.secret_key()?;
+    let redactor = Redactor::new(key, &plan.redact).map_err(|bad| {
+        PrepareError::Redact(
+            bad.into_iter()
+                .map(|(p, m)| format!("`{p}`: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let versions =
+        store.record_baselines(&plan.baselines.versions(&plan.root, Some(&redactor)), now)?;
+    let targets = select(plan, opts)
+        .into_iter()
+        .map(|(n, c)| (plan.nodes[n].name.clone(), plan.configs[c].name.clone()))
+        .collect::<Vec<_>>();
+    let memory = store.load(&targets)?;
+    opts.context = classify::Context {
+        redactor: Some(Arc::new(redactor)),
+        previous: Arc::new(memory.last_hash.clone()),
+        history: Arc::new(BaselineHistory::from_versions(&plan.root, &versions)),
+    };
+    Ok(memory)
+}
+
+/// Why a recorded scan could not start or be recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("[redact]: {0}")]
+    Redact(String),
+}
+
+/// After a scan: run the lifecycle over what the store remembers, write everything in one transaction, prune,
+/// and give the report its states, resolutions, groups and initial inventory.
+pub fn record(
+    plan: &Plan,
+    store: &mut dyn Store,
+    memory: &Memory,
+    output: &mut ScanOutput,
+) -> Result<(), StoreError> {
+    let now = chrono::DateTime::parse_from_rfc3339(&output.report.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    let scanned: HashSet<Target> = output
+        .targets
+        .iter()
+        .map(|t| (t.node.clone(), t.config.clone()))
+        .collect();
+    let read: HashSet<Target> = output
+        .targets
+        .iter()
+        .filter(|t| t.read)
+        .map(|t| (t.node.clone(), t.config.clone()))
+        .collect();
+    let scanned_list: Vec<Target> = scanned.iter().cloned().collect();
+    let first_time = memory.first_time(&scanned_list);
+    let observed: Vec<Finding> = output
+        .targets
+        .iter()
+        .flat_map(|t| t.findings.iter().cloned())
+        .collect();
+    let gate = |f: &Finding| -> Option<Gate> {
+        if let Some(id) = &f.rule
+            && let Some(r) = plan.rules.rules.iter().find(|r| &r.id == id)
+            && r.gate.is_some()
+        {
+            return r.gate;
+        }
+        plan.config(&f.config).and_then(|c| c.gate)
+    };
+    let step = lifecycle::step(StepInput {
+        now,
+        settings: plan.lifecycle,
+        prior: &memory.records,
+        observed,
+        scanned: &scanned,
+        read: &read,
+        first_time: &first_time,
+        acks: &memory.acks,
+        gate: &gate,
+    });
+    let snapshots = output
+        .targets
+        .iter()
+        .filter_map(|t| {
+            t.snapshot.as_ref().map(|(hash, content)| Snapshot {
+                node: t.node.clone(),
+                config: t.config.clone(),
+                hash: hash.clone(),
+                content: content.clone(),
+            })
+        })
+        .collect();
+    let unread_new_targets = output
+        .targets
+        .iter()
+        .filter(|t| !t.read)
+        .map(|t| (t.node.clone(), t.config.clone()))
+        .filter(|t| first_time.contains(t))
+        .collect();
+    let r = &mut output.report;
+    r.set_findings(step.current);
+    r.resolved = step.resolved;
+    r.flapping_started = step.started_flapping;
+    r.acks_ended = step.ended_acks.clone();
+    store.commit(&ScanCommit {
+        scan_id: r.scan_id.clone(),
+        started_at: r.started_at.clone(),
+        finished_at: r.finished_at.clone(),
+        nodes_total: r.nodes.total,
+        nodes_read: r.nodes.read,
+        nodes_unreadable: r.nodes.unreadable,
+        findings: r.findings.len(),
+        snapshots,
+        unread_new_targets,
+        records: step.records,
+        ended_acks: step.ended_acks,
+    })?;
+    if let Some(keep) = plan.keep {
+        let cut = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        store.prune(&cut.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))?;
+    }
+    Ok(())
 }

@@ -1893,15 +1893,19 @@ fn demo_reports_exactly_the_planted_deviations_in_seconds() {
     assert_eq!(r["nodes"]["unreadable"], 2, "{run}");
     let found: Vec<(String, String, String)> =
         keys(&r).into_iter().map(|(k, n, c, _)| (k, n, c)).collect();
+    // The JSON report is the demo's second scan: the first one was the initial inventory.
     let mut want: Vec<(String, String, String)> = [
-        ("drift", "edge-ams-3", "caddy"),
         ("drift", "edge-fra-2", "caddy"),
         ("drift", "edge-fra-4", "caddy"),
         ("drift", "edge-ams-5", "sysctl"),
         ("drift", "db-3", "postgres"),
+        ("drift", "db-5", "app"),
+        ("regression", "edge-ams-7", "sysctl"),
+        ("regression", "edge-fra-7", "sysctl"),
         ("violation", "edge-fra-4", "caddy"),
         ("violation", "edge-ams-5", "sysctl"),
         ("violation", "db-3", "postgres"),
+        ("violation", "db-5", "app"),
         ("invalid", "edge-fra-6", "caddy"),
         ("unreachable", "db-7", "sysctl"),
         ("unreachable", "db-7", "postgres"),
@@ -1912,6 +1916,48 @@ fn demo_reports_exactly_the_planted_deviations_in_seconds() {
     .collect();
     want.sort();
     assert_eq!(found, want, "{run}");
+    // Lifecycle: what was there in scan 1 is ongoing, what appeared is new, the rolled-back canary resolved.
+    let state_of = |node: &str, config: &str, kind: &str| {
+        findings(&r)
+            .iter()
+            .find(|f| f["node"] == node && f["config"] == config && f["kind"] == kind)
+            .map(|f| f["state"].clone())
+    };
+    assert_eq!(
+        state_of("edge-fra-2", "caddy", "drift"),
+        Some(json!("ongoing"))
+    );
+    assert_eq!(state_of("db-5", "app", "drift"), Some(json!("new")));
+    assert!(findings(&r).iter().all(|f| f["initial"] == false), "{run}");
+    let resolved: Vec<(&str, &str)> = r["resolved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["node"].as_str().unwrap(), f["config"].as_str().unwrap()))
+        .collect();
+    assert_eq!(resolved, vec![("edge-ams-3", "caddy")], "{run}");
+    // Regression by value: back to the superseded sysctl baseline, reported once fleet-wide too.
+    let reg = findings(&r)
+        .iter()
+        .find(|f| f["kind"] == "regression" && f["node"] == "edge-ams-7")
+        .unwrap();
+    assert_eq!(reg["path"], "$['net.core.somaxconn']");
+    assert_eq!(
+        (reg["expected"].clone(), reg["actual"].clone()),
+        (json!("4096"), json!("1024"))
+    );
+    assert!(
+        reg["regression_of"]
+            .as_str()
+            .unwrap()
+            .starts_with("baselines/sysctl/default.conf@"),
+        "{reg}"
+    );
+    assert_eq!(reg["severity"], "high");
+    let groups = r["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{run}");
+    assert_eq!(groups[0]["nodes"], json!(["edge-ams-7", "edge-fra-7"]));
+    assert_eq!(groups[0]["count"], 2);
 
     let route = the_drift(
         &r,

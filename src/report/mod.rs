@@ -44,6 +44,65 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Unified diffs of drifted targets.
     pub diffs: Vec<TargetDiff>,
+    /// Identical drift (same config, path, expected and actual) on several nodes, reported once.
+    pub groups: Vec<Group>,
+    /// Findings that resolved in this scan (with the store).
+    pub resolved: Vec<Finding>,
+    /// The initial inventory: per config, what was already wrong on targets scanned for the first time.
+    pub inventory: Vec<crate::lifecycle::InventoryEntry>,
+    /// Fingerprints that became flapping in this scan.
+    pub flapping_started: Vec<String>,
+    /// Fingerprints whose acknowledgement ended in this scan.
+    pub acks_ended: Vec<String>,
+}
+
+/// The same drift on several nodes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Group {
+    pub kind: Kind,
+    pub config: String,
+    pub path: String,
+    pub expected: serde_json::Value,
+    pub actual: serde_json::Value,
+    pub count: usize,
+    pub nodes: Vec<String>,
+}
+
+/// Group identical drift across nodes.
+pub fn groups(findings: &[Finding]) -> Vec<Group> {
+    let mut by: BTreeMap<(String, String, String, String, &str), Vec<String>> = BTreeMap::new();
+    for f in findings
+        .iter()
+        .filter(|f| matches!(f.kind, Kind::Drift | Kind::Regression))
+    {
+        by.entry((
+            f.config.clone(),
+            f.path.clone(),
+            f.expected.to_string(),
+            f.actual.to_string(),
+            f.kind.as_str(),
+        ))
+        .or_default()
+        .push(f.node.clone());
+    }
+    let mut out: Vec<Group> = by
+        .into_iter()
+        .filter(|(_, nodes)| nodes.len() > 1)
+        .filter_map(|((config, path, e, a, kind), mut nodes)| {
+            nodes.sort();
+            Some(Group {
+                kind: kind.parse().ok()?,
+                config,
+                path,
+                expected: serde_json::from_str(&e).ok()?,
+                actual: serde_json::from_str(&a).ok()?,
+                count: nodes.len(),
+                nodes,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.path.cmp(&b.path)));
+    out
 }
 
 impl Report {
@@ -87,7 +146,7 @@ impl Report {
         let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let id_hash =
             blake3::hash(format!("{}{:?}", fmt(started), std::time::Instant::now()).as_bytes());
-        Report {
+        let mut report = Report {
             scan_id: format!(
                 "{}-{}",
                 started.format("%Y%m%dT%H%M%SZ"),
@@ -101,10 +160,39 @@ impl Report {
                 read: nodes - unreadable.len().min(nodes),
                 unreadable: unreadable.len(),
             },
-            summary,
-            findings,
+            summary: Summary::default(),
+            findings: Vec::new(),
             diffs,
+            groups: Vec::new(),
+            resolved: Vec::new(),
+            inventory: Vec::new(),
+            flapping_started: Vec::new(),
+            acks_ended: Vec::new(),
+        };
+        report.set_findings(findings);
+        report
+    }
+
+    /// Replace the findings (after the lifecycle gave them states): sort, count, group.
+    pub fn set_findings(&mut self, mut findings: Vec<Finding>) {
+        findings.sort_by(|a, b| {
+            (&a.node, &a.config, a.kind, &a.path).cmp(&(&b.node, &b.config, b.kind, &b.path))
+        });
+        let mut summary = Summary {
+            total: findings.len(),
+            ..Default::default()
+        };
+        for f in &findings {
+            *summary.by_kind.entry(f.kind.to_string()).or_default() += 1;
+            *summary
+                .by_severity
+                .entry(f.severity.to_string())
+                .or_default() += 1;
         }
+        self.summary = summary;
+        self.groups = groups(&findings);
+        self.inventory = crate::lifecycle::inventory(&findings);
+        self.findings = findings;
     }
 
     /// DESIGN.md's exit code: 1 for drift, regression or violation at or above `fail_on`; else 3 when coverage is
@@ -150,6 +238,15 @@ impl Style {
     }
 }
 
+/// A unified diff of two texts, `before` against `after`.
+pub fn unified_diff_between(before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(3)
+        .header("before", "after")
+        .to_string()
+}
+
 /// Color a unified diff line by line.
 pub fn paint_diff(diff: &str, style: Style) -> String {
     let mut out = String::new();
@@ -175,7 +272,27 @@ pub fn paint_diff(diff: &str, style: Style) -> String {
 pub fn human(report: &Report, style: Style) -> String {
     let mut out = String::new();
     let mut current: Option<(&str, &str)> = None;
-    for f in &report.findings {
+    // The first scan of a target reports what is already wrong as an inventory, not as a flood of new findings.
+    if !report.inventory.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            style.paint("1", "initial inventory (first scan of these nodes)")
+        );
+        for e in &report.inventory {
+            let kinds: Vec<String> = e.by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:<16} {} findings on {} nodes ({}); `plumb findings --for-config {}` lists them",
+                e.config,
+                e.findings,
+                e.nodes,
+                kinds.join(", "),
+                e.config
+            );
+        }
+    }
+    for f in report.findings.iter().filter(|f| !f.initial) {
         if current != Some((&f.node, &f.config)) {
             current = Some((&f.node, &f.config));
             let _ = writeln!(
@@ -216,14 +333,61 @@ pub fn human(report: &Report, style: Style) -> String {
                 .map(|(_, m)| m.to_string())
                 .unwrap_or_else(|| f.message.clone()),
         };
+        let mut extra = String::new();
+        if let Some(v) = &f.regression_of {
+            extra.push_str(&format!("  back to {v}"));
+        } else if let Some(t) = &f.fixed_at {
+            extra.push_str(&format!("  (had been fixed at {t})"));
+        }
+        if let Some(a) = &f.ack {
+            extra.push_str(&format!(
+                "  acknowledged by {} until {}: {}",
+                a.owner, a.until, a.reason
+            ));
+        }
         let _ = writeln!(
             out,
-            "  {} {:<11} {}  {}",
+            "  {} {:<11} {:<9} {}{}  {}",
             style.severity(f.severity),
             f.kind.as_str(),
+            f.state.as_str(),
             detail,
+            extra,
             style.paint("2", &f.fingerprint[..12.min(f.fingerprint.len())])
         );
+    }
+    if !report.groups.is_empty() {
+        let _ = writeln!(out, "\n{}", style.paint("1", "fleet-wide"));
+        for g in &report.groups {
+            let _ = writeln!(
+                out,
+                "  {} nodes  {} {}  {} → {}  ({})",
+                g.count,
+                g.config,
+                g.path,
+                crate::classify::short(&g.expected),
+                crate::classify::short(&g.actual),
+                g.nodes.join(", ")
+            );
+        }
+    }
+    if !report.resolved.is_empty() {
+        let _ = writeln!(out, "\n{}", style.paint("1;32", "resolved"));
+        for f in &report.resolved {
+            let _ = writeln!(
+                out,
+                "  {}/{} {} {}  {}",
+                f.node,
+                f.config,
+                f.kind.as_str(),
+                if f.path.is_empty() {
+                    f.rule.as_deref().unwrap_or("")
+                } else {
+                    &f.path
+                },
+                style.paint("2", &f.fingerprint[..12.min(f.fingerprint.len())])
+            );
+        }
     }
     let s = &report.summary;
     let kinds: Vec<String> = Kind::ALL
@@ -243,6 +407,9 @@ pub fn human(report: &Report, style: Style) -> String {
             format!("{} findings ({})", s.total, kinds.join(", "))
         }
     );
+    if !report.resolved.is_empty() {
+        let _ = writeln!(out, "{} resolved in this scan", report.resolved.len());
+    }
     out
 }
 
@@ -273,6 +440,7 @@ mod tests {
             unified: String::new(),
             document: None,
             baseline: None,
+            snapshot: None,
         };
         Report::build(t, t, 1, &[target])
     }

@@ -72,6 +72,9 @@ struct RawRule {
     line_present: Option<String>,
     line_absent: Option<String>,
     section: Option<String>,
+    /// Persistence gate: `"2 scans"` or a duration.
+    #[serde(rename = "for")]
+    for_: Option<String>,
     #[serde(default)]
     test: Vec<RawTest>,
 }
@@ -383,6 +386,12 @@ fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Re
             Some((p, jp))
         }
     };
+    let gate = r
+        .for_
+        .as_deref()
+        .map(crate::lifecycle::Gate::parse)
+        .transpose()
+        .map_err(|m| format!("for: {m}"))?;
     let id = r.id.into_inner();
     let default_format = r.format.or(if is_line { Some(Format::Text) } else { None });
     let mut tests = Vec::new();
@@ -441,6 +450,7 @@ fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Re
         file: file.to_path_buf(),
         line,
         tests,
+        gate,
     })
 }
 

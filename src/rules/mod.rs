@@ -154,6 +154,8 @@ pub struct Rule {
     pub file: PathBuf,
     pub line: usize,
     pub tests: Vec<load::RuleTest>,
+    /// Persistence gate for this rule's violations.
+    pub gate: Option<crate::lifecycle::Gate>,
 }
 
 /// What a rule sees.

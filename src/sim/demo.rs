@@ -43,8 +43,8 @@ fn noise(n: &Node, salt: &str) -> u64 {
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8])) % 1_000_000
 }
 
-/// The Caddy-style config of an edge node.
-pub fn caddy(n: &Node) -> Value {
+/// The Caddy-style config of an edge node in round 1 (the first scan) or 2 (after [`round_two`]).
+pub fn caddy(n: &Node, round: u8) -> Value {
     let dc = label(n, "dc");
     let mut routes = vec![
         json!({"@id": "api", "match": [{"host": ["api.example.net"]}],
@@ -60,7 +60,7 @@ pub fn caddy(n: &Node) -> Value {
     }
     let mut min_tls = "tls1.2";
     match n.name.as_str() {
-        "edge-ams-3" => {
+        "edge-ams-3" if round == 1 => {
             routes[0]["handle"][0]["upstreams"][0]["dial"] = json!("api-canary.internal:8080");
         }
         "edge-fra-2" => routes.insert(
@@ -85,12 +85,15 @@ pub fn caddy(n: &Node) -> Value {
 }
 
 /// sysctl of any node.
-pub fn sysctl(n: &Node) -> String {
+pub fn sysctl(n: &Node, round: u8) -> String {
     let forward = if n.name == "edge-ams-5" { 1 } else { 0 };
+    // Round 2: edge-ams-7 goes back to the backlog the fleet had before it was raised to 4096.
+    let back = matches!(n.name.as_str(), "edge-ams-7" | "edge-fra-7");
+    let somaxconn = if back && round == 2 { 1024 } else { 4096 };
     let swappiness = if label(n, "role") == "db" { 1 } else { 60 };
     let boot = blake3::hash(n.name.as_bytes()).to_hex();
     format!(
-        "# sysctl -a (excerpt)\nnet.ipv4.ip_forward = {forward}\nnet.ipv4.tcp_syncookies = 1\nnet.core.somaxconn = 4096\n\
+        "# sysctl -a (excerpt)\nnet.ipv4.ip_forward = {forward}\nnet.ipv4.tcp_syncookies = 1\nnet.core.somaxconn = {somaxconn}\n\
          kernel.kptr_restrict = 2\nkernel.randomize_va_space = 2\nvm.swappiness = {swappiness}\nkernel.random.boot_id = {}-{}-{}-{}-{}\n",
         &boot[0..8],
         &boot[8..12],
@@ -115,9 +118,10 @@ pub fn postgres(n: &Node) -> String {
 }
 
 /// The application config of a database node, as a ConfigMap-style envelope holding YAML.
-pub fn app(n: &Node) -> Value {
+pub fn app(n: &Node, round: u8) -> Value {
+    let replicas = if n.name == "db-5" && round == 2 { 1 } else { 3 };
     let yaml = format!(
-        "replicas: 3\npool:\n  size: 20\n  timeout: 5s\nfeatures:\n  - name: audit-log\n    enabled: true\n  - name: \
+        "replicas: {replicas}\npool:\n  size: 20\n  timeout: 5s\nfeatures:\n  - name: audit-log\n    enabled: true\n  - name: \
          fast-path\n    enabled: false\nregion: {}\nmaintenance: off\n",
         label(n, "dc")
     );
@@ -125,6 +129,59 @@ pub fn app(n: &Node) -> Value {
            "metadata": {"name": "app", "resourceVersion": noise(n, "rv").to_string()},
            "data": {"app.yaml": yaml}})
 }
+
+/// What changes between the demo's two scans.
+pub const ROUND_TWO: &[(&str, &str)] = &[
+    (
+        "edge-ams-3",
+        "caddy: the canary upstream is rolled back (the drift resolves)",
+    ),
+    (
+        "edge-ams-7, edge-fra-7",
+        "sysctl: net.core.somaxconn back to 1024, the value of the superseded baseline (a regression, fleet-wide)",
+    ),
+    (
+        "db-5",
+        "app: scaled down to 1 replica (drift and a rule violation)",
+    ),
+];
+
+/// Apply [`ROUND_TWO`] to a running demo fleet.
+pub fn round_two(fleet: &super::Fleet, nodes: &[Node]) {
+    for n in nodes {
+        match n.name.as_str() {
+            "edge-ams-3" => {
+                fleet.set(
+                    &n.name,
+                    "/config/",
+                    Behavior::serve("application/json", caddy(n, 2).to_string()),
+                );
+            }
+            "edge-ams-7" | "edge-fra-7" => {
+                fleet.set(
+                    &n.name,
+                    "/sysctl",
+                    Behavior::serve("text/plain", sysctl(n, 2)),
+                );
+            }
+            "db-5" => {
+                fleet.set(
+                    &n.name,
+                    "/app",
+                    Behavior::serve("application/json", app(n, 2).to_string()),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The baseline the fleet was moved away from before the demo: sysctl's `net.core.somaxconn` was 1024.
+pub const SUPERSEDED_SYSCTL: (&str, &str, &str) = (
+    "baselines/sysctl/default.conf",
+    "net.core.somaxconn",
+    "1024",
+);
 
 /// The simulator specs for `nodes`: each node binds its `vars.addr` when free.
 pub fn specs(nodes: &[Node]) -> Vec<NodeSpec> {
@@ -134,11 +191,11 @@ pub fn specs(nodes: &[Node]) -> Vec<NodeSpec> {
             let mut routes = HashMap::new();
             routes.insert(
                 "/sysctl".to_string(),
-                Behavior::serve("text/plain", sysctl(n)),
+                Behavior::serve("text/plain", sysctl(n, 1)),
             );
             match label(n, "role") {
                 "edge" => {
-                    let body = caddy(n).to_string();
+                    let body = caddy(n, 1).to_string();
                     let body = if n.name == "edge-fra-6" {
                         body[..body.len() / 2].to_string()
                     } else {
@@ -156,7 +213,7 @@ pub fn specs(nodes: &[Node]) -> Vec<NodeSpec> {
                     );
                     routes.insert(
                         "/app".to_string(),
-                        Behavior::serve("application/json", app(n).to_string()),
+                        Behavior::serve("application/json", app(n, 1).to_string()),
                     );
                 }
                 _ => {}

@@ -4,14 +4,16 @@
 //! (unreachable, invalid, unbaselined); 2 plumb itself could not run (bad arguments, bad config).
 
 use crate::baseline::{self, ApproveTarget};
-use crate::collect::Collector;
 use crate::config::{self, Plan};
 use crate::finding::Severity;
 use crate::inventory::Selector;
 use crate::normalize::{Decode, Format};
 use crate::report::{self, Style};
-use crate::scan::{self, ScanOptions};
+use crate::scan::ScanOptions;
 use crate::sim;
+use crate::store::FindingFilter;
+
+mod memory;
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -29,6 +31,9 @@ pub struct Cli {
     /// Colors: auto (on a terminal), always, never.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     pub color: ColorChoice,
+    /// The store file, instead of `[store] path`.
+    #[arg(long, global = true)]
+    pub store: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -80,6 +85,49 @@ pub enum Command {
         #[arg(long, default_value = "node")]
         to: String,
     },
+    /// Stored findings, any state.
+    Findings {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long = "for-config", value_name = "CONFIG")]
+        for_config: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
+    /// The snapshot timeline of a node, with the diff between consecutive snapshots.
+    History {
+        node: String,
+        #[arg(id = "config_name", value_name = "CONFIG")]
+        config: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
+    /// Acknowledge a finding until a time: it stays visible and raises no alerts. `--list` shows those in force.
+    Ack {
+        /// The fingerprint, or a unique prefix of it.
+        fingerprint: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// RFC 3339 time, a date (2026-12-31) or a duration from now (7d). Every ack ends.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// End the acknowledgement as soon as the observed value changes.
+        #[arg(long)]
+        value_only: bool,
+        /// List acknowledgements in force.
+        #[arg(long)]
+        list: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
+    /// End an acknowledgement now.
+    Unack { fingerprint: String },
     /// Rule tools.
     Rules {
         #[command(subcommand)]
@@ -196,30 +244,26 @@ pub fn run(cli: Cli) -> Result<u8> {
                 None => Selector::default(),
             };
             let plan = Arc::new(load(&cli.config)?);
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
             let rt = runtime()?;
-            let output = rt.block_on(async {
-                let collector = Arc::new(Collector::new(&plan)?);
-                let opts = ScanOptions {
-                    selector,
-                    ..Default::default()
-                };
-                Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
-            })?;
+            let opts = ScanOptions {
+                selector,
+                ..Default::default()
+            };
+            let output = memory::scan(&rt, plan, &mut store, opts, true)?;
             print_report(&output.report, format, st)?;
             Ok(output.report.exit_code(fail_on))
         }
         Command::Diff { node, config } => {
             let plan = Arc::new(load(&cli.config)?);
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
             let rt = runtime()?;
-            let output = rt.block_on(async {
-                let collector = Arc::new(Collector::new(&plan)?);
-                let opts = ScanOptions {
-                    node: Some(node.clone()),
-                    config: config.clone(),
-                    ..Default::default()
-                };
-                Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
-            })?;
+            let opts = ScanOptions {
+                node: Some(node.clone()),
+                config: config.clone(),
+                ..Default::default()
+            };
+            let output = memory::scan(&rt, plan, &mut store, opts, false)?;
             let mut text = String::new();
             for t in &output.targets {
                 if !t.read || t.baseline.is_none() {
@@ -247,7 +291,82 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Approve { node, config, to } => {
             let to = ApproveTarget::parse(&to).map_err(|e| anyhow!("--to: {e}"))?;
             let plan = Arc::new(load(&cli.config)?);
-            approve(plan, &node, config, &to, st)
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            approve(plan, &mut store, &node, config, &to, st)
+        }
+        Command::Findings {
+            state,
+            kind,
+            node,
+            for_config,
+            format,
+        } => {
+            let plan = load(&cli.config)?;
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            let filter = FindingFilter {
+                state,
+                kind,
+                node,
+                config: for_config,
+            };
+            out(&memory::findings(
+                &mut store,
+                &filter,
+                format == OutputFormat::Json,
+                st,
+            )?)?;
+            Ok(0)
+        }
+        Command::History {
+            node,
+            config,
+            format,
+        } => {
+            let plan = load(&cli.config)?;
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            out(&memory::history(
+                &mut store,
+                &node,
+                config.as_deref(),
+                format == OutputFormat::Json,
+                st,
+            )?)?;
+            Ok(0)
+        }
+        Command::Ack {
+            fingerprint,
+            reason,
+            until,
+            owner,
+            value_only,
+            list,
+            format,
+        } => {
+            let plan = load(&cli.config)?;
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            if list {
+                out(&memory::ack_list(&mut store, format == OutputFormat::Json)?)?;
+                return Ok(0);
+            }
+            let fp = fingerprint.ok_or_else(|| anyhow!("ack: give a FINGERPRINT (or --list)"))?;
+            let reason = reason.ok_or_else(|| anyhow!("ack: --reason is required"))?;
+            let until = until
+                .ok_or_else(|| anyhow!("ack: --until is required: every acknowledgement ends"))?;
+            out(&memory::ack(
+                &mut store,
+                &fp,
+                &reason,
+                &until,
+                owner.as_deref(),
+                value_only,
+            )?)?;
+            Ok(0)
+        }
+        Command::Unack { fingerprint } => {
+            let plan = load(&cli.config)?;
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            out(&memory::unack(&mut store, &fingerprint)?)?;
+            Ok(0)
         }
         Command::Rules {
             command: RulesCommand::Test,
@@ -324,22 +443,21 @@ fn document_format(n: &crate::normalize::Normalizer) -> Format {
 
 fn approve(
     plan: Arc<Plan>,
+    store: &mut dyn crate::store::Store,
     node: &str,
     config: Option<String>,
     to: &ApproveTarget,
     st: Style,
 ) -> Result<u8> {
     let rt = runtime()?;
-    let output = rt.block_on(async {
-        let collector = Arc::new(Collector::new(&plan)?);
-        let opts = ScanOptions {
-            node: Some(node.to_string()),
-            config: config.clone(),
-            keep_documents: true,
-            ..Default::default()
-        };
-        Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
-    })?;
+    let opts = ScanOptions {
+        node: Some(node.to_string()),
+        config: config.clone(),
+        keep_documents: true,
+        ..Default::default()
+    };
+    // Live content is redacted before it is written: secrets never land in a baseline file.
+    let output = memory::scan(&rt, plan.clone(), store, opts, false)?;
     let node_def = plan
         .node(node)
         .ok_or_else(|| anyhow!("no node named `{node}`"))?;
@@ -444,39 +562,77 @@ fn demo(config_path: &std::path::Path, format: OutputFormat, st: Style) -> Resul
         )
     })?;
     let rt = runtime()?;
-    let code = rt.block_on(async move {
-        let fleet = sim::start(sim::demo::specs(&plan.nodes), None)
-            .await
-            .context("cannot start the simulated fleet")?;
-        for n in &mut plan.nodes {
-            if let Some(addr) = fleet.addr(&n.name) {
-                n.vars.insert("addr".into(), addr.to_string());
-            }
+    let fleet = rt
+        .block_on(sim::start(sim::demo::specs(&plan.nodes), None))
+        .context("cannot start the simulated fleet")?;
+    for n in &mut plan.nodes {
+        if let Some(addr) = fleet.addr(&n.name) {
+            n.vars.insert("addr".into(), addr.to_string());
         }
-        let plan = Arc::new(plan);
-        if format == OutputFormat::Human {
-            let mut intro = format!(
-                "plumb demo: {} simulated nodes on loopback, {} configs, deviations planted:\n",
-                fleet.nodes.len(),
-                plan.configs.len()
-            );
-            for (n, what) in sim::demo::DEVIATIONS {
-                intro.push_str(&format!("  - {n}: {what}\n"));
-            }
-            out(&intro)?;
+    }
+    let plan = Arc::new(plan);
+    let human = format == OutputFormat::Human;
+    // A fresh store in memory: the demo neither reads nor changes ./.plumb.
+    let mut store = crate::store::sqlite::SqliteStore::in_memory()?;
+    seed_superseded_baseline(&plan, &mut store)?;
+    if human {
+        let mut intro = format!(
+            "plumb demo: {} simulated nodes on loopback, {} configs, {} rules; planted:\n",
+            fleet.nodes.len(),
+            plan.configs.len(),
+            plan.rules.rules.len()
+        );
+        for (n, what) in sim::demo::DEVIATIONS {
+            intro.push_str(&format!("  - {n}: {what}\n"));
         }
-        let collector = Arc::new(Collector::new(&plan)?);
-        let output = scan::run(plan.clone(), collector, ScanOptions::default()).await?;
-        print_report(&output.report, format, st)?;
-        if format == OutputFormat::Human {
-            out(&format!(
-                "demo finished in {:.2} s; `plumb audit` on a real fleet exits {} for this result\n",
-                t0.elapsed().as_secs_f64(),
-                output.report.exit_code(Severity::Low)
-            ))?;
+        intro.push_str("\n== scan 1: the first scan of the fleet ==\n");
+        out(&intro)?;
+    }
+    let first = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true)?;
+    if human {
+        print_report(&first.report, format, st)?;
+        let mut mid = String::from("\n== between the scans ==\n");
+        for (n, what) in sim::demo::ROUND_TWO {
+            mid.push_str(&format!("  - {n}: {what}\n"));
         }
-        drop(fleet);
-        Ok::<_, anyhow::Error>(0u8)
-    })?;
-    Ok(code)
+        mid.push_str("\n== scan 2 ==\n");
+        out(&mid)?;
+    }
+    sim::demo::round_two(&fleet, &plan.nodes);
+    let second = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true)?;
+    print_report(&second.report, format, st)?;
+    if human {
+        out(&format!(
+            "demo finished in {:.2} s; `plumb audit` exits {} for this result\n",
+            t0.elapsed().as_secs_f64(),
+            second.report.exit_code(Severity::Low)
+        ))?;
+    }
+    drop(fleet);
+    Ok(0)
+}
+
+/// Record, as if seen yesterday, the sysctl baseline the fleet was moved away from, so the demo can show a
+/// regression by value.
+fn seed_superseded_baseline(plan: &Plan, store: &mut dyn crate::store::Store) -> Result<()> {
+    let key = store.secret_key()?;
+    let red = crate::redact::Redactor::new(key, &plan.redact)
+        .map_err(|_| anyhow!("[redact] is invalid"))?;
+    let (file, k, v) = sim::demo::SUPERSEDED_SYSCTL;
+    let Some(mut old) = plan
+        .baselines
+        .versions(&plan.root, Some(&red))
+        .into_iter()
+        .find(|x| x.file == file)
+    else {
+        return Ok(());
+    };
+    let mut tree: serde_json::Value = serde_json::from_str(&old.content)?;
+    tree[k] = serde_json::Value::String(v.to_string());
+    old.content = crate::normalize::Document::Tree(tree).canonical_text();
+    old.hash = blake3::hash(old.content.as_bytes()).to_hex().to_string();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    store.record_baselines(&[old], &yesterday)?;
+    Ok(())
 }

@@ -1,0 +1,283 @@
+//! The store commands: `plumb findings`, `plumb history`, `plumb ack`, `plumb unack`, and the recorded scan that
+//! `audit`, `diff`, `approve` and `demo` share.
+
+use crate::collect::Collector;
+use crate::config::Plan;
+use crate::finding::State;
+use crate::lifecycle::Ack;
+use crate::report::{self, Style};
+use crate::scan::{self, ScanOptions, ScanOutput};
+use crate::store::{FindingFilter, Store, sqlite::SqliteStore};
+use anyhow::{Context as _, Result, anyhow, bail};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Open the store: `--store` if given, else `[store] path` beside plumb.toml.
+pub fn open(plan: &Plan, over: Option<&Path>) -> Result<SqliteStore> {
+    let path = over.map_or_else(|| plan.store_path.clone(), Path::to_path_buf);
+    SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
+}
+
+/// One scan with the store: redaction, baseline versions and regressions always; lifecycle states and the
+/// write of the results when `record` is set.
+pub fn scan(
+    rt: &tokio::runtime::Runtime,
+    plan: Arc<Plan>,
+    store: &mut dyn Store,
+    mut opts: ScanOptions,
+    record: bool,
+) -> Result<ScanOutput> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let memory = scan::prepare(&plan, store, &mut opts, &now)?;
+    let mut output = rt.block_on(async {
+        let collector = Arc::new(Collector::new(&plan)?);
+        Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
+    })?;
+    if record {
+        scan::record(&plan, store, &memory, &mut output)?;
+    }
+    Ok(output)
+}
+
+/// `plumb findings`.
+pub fn findings(
+    store: &mut dyn Store,
+    filter: &FindingFilter,
+    json: bool,
+    st: Style,
+) -> Result<String> {
+    if let Some(s) = &filter.state {
+        const STATES: [&str; 6] = [
+            "new",
+            "ongoing",
+            "resolved",
+            "reopened",
+            "acknowledged",
+            "flapping",
+        ];
+        if !STATES.contains(&s.as_str()) {
+            bail!(
+                "--state: unknown state `{s}` (expected {})",
+                STATES.join(", ")
+            );
+        }
+    }
+    if let Some(k) = &filter.kind {
+        k.parse::<crate::finding::Kind>()
+            .map_err(|e| anyhow!("--kind: {e}"))?;
+    }
+    let records = store.findings(filter)?;
+    if json {
+        let list: Vec<_> = records.iter().map(|r| &r.finding).collect();
+        return Ok(serde_json::to_string_pretty(&list)? + "\n");
+    }
+    let mut text = String::new();
+    for r in &records {
+        let f = &r.finding;
+        text.push_str(&format!(
+            "{:<12} {:<8} {:<11} {}/{} {}  since {}  {}\n",
+            f.state.as_str(),
+            f.severity.as_str(),
+            f.kind.as_str(),
+            f.node,
+            f.config,
+            if f.path.is_empty() {
+                f.rule.as_deref().unwrap_or("")
+            } else {
+                &f.path
+            },
+            r.since,
+            &f.fingerprint[..12.min(f.fingerprint.len())],
+        ));
+    }
+    text.push_str(&format!("{} findings\n", records.len()));
+    let _ = st;
+    Ok(text)
+}
+
+/// `plumb history NODE [CONFIG]`: each config's snapshots, oldest first, with the diff from the one before.
+pub fn history(
+    store: &mut dyn Store,
+    node: &str,
+    config: Option<&str>,
+    json: bool,
+    st: Style,
+) -> Result<String> {
+    let entries = store.history(node, config)?;
+    if entries.is_empty() {
+        bail!(
+            "no history for {node}{} (it has not been read by a recorded scan)",
+            config.map(|c| format!("/{c}")).unwrap_or_default()
+        );
+    }
+    let mut items = Vec::new();
+    let mut text = String::new();
+    let mut prev: Option<(&str, &str)> = None;
+    for e in &entries {
+        let content = e.content.as_deref().unwrap_or_default();
+        let diff = match prev {
+            Some((c, before)) if c == e.config => report::unified_diff_between(before, content),
+            _ => String::new(),
+        };
+        if json {
+            items.push(serde_json::json!({
+                "node": e.node, "config": e.config, "at": e.at, "scan_id": e.scan_id, "hash": e.hash, "diff": diff,
+            }));
+        } else {
+            text.push_str(&format!(
+                "{} {}/{} {} (scan {})\n",
+                e.at,
+                e.node,
+                e.config,
+                &e.hash[..12.min(e.hash.len())],
+                e.scan_id
+            ));
+            if prev.is_some_and(|(c, _)| c == e.config) {
+                for line in report::paint_diff(&diff, st).lines() {
+                    text.push_str(&format!("    {line}\n"));
+                }
+            } else {
+                text.push_str("    first snapshot\n");
+            }
+        }
+        prev = Some((&e.config, content));
+    }
+    if json {
+        return Ok(serde_json::to_string_pretty(&items)? + "\n");
+    }
+    Ok(text)
+}
+
+/// Parse `--until`: an RFC 3339 time, a date (midnight UTC), or a duration from now.
+pub fn parse_until(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    let t = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        t.with_timezone(&chrono::Utc)
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc())
+            .ok_or_else(|| anyhow!("--until: `{s}` is not a date"))?
+    } else {
+        let d = crate::units::parse_duration(s).map_err(|e| {
+            anyhow!("--until: `{s}` is neither a date (2026-12-31), a time (RFC 3339) nor a duration: {e}")
+        })?;
+        now + chrono::Duration::from_std(d)
+            .map_err(|_| anyhow!("--until: `{s}` is too far away"))?
+    };
+    if t <= now {
+        bail!("--until: {} is not in the future", t.to_rfc3339());
+    }
+    Ok(t)
+}
+
+/// Find one stored finding by fingerprint or unique prefix.
+fn resolve_fingerprint(store: &mut dyn Store, fp: &str) -> Result<crate::lifecycle::Record> {
+    let all = store.findings(&FindingFilter::default())?;
+    let hits: Vec<_> = all
+        .into_iter()
+        .filter(|r| r.finding.fingerprint.starts_with(fp))
+        .collect();
+    match hits.len() {
+        0 => bail!("no finding with fingerprint `{fp}` (see `plumb findings`)"),
+        1 => Ok(hits
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no finding"))?),
+        n => bail!("`{fp}` matches {n} fingerprints; give more of it"),
+    }
+}
+
+/// `plumb ack FINGERPRINT --reason … --until … [--owner …] [--value-only]`.
+pub fn ack(
+    store: &mut dyn Store,
+    fp: &str,
+    reason: &str,
+    until: &str,
+    owner: Option<&str>,
+    value_only: bool,
+) -> Result<String> {
+    if reason.trim().is_empty() {
+        bail!("--reason must say why");
+    }
+    let now = chrono::Utc::now();
+    let until = parse_until(until, now)?;
+    let rec = resolve_fingerprint(store, fp)?;
+    if rec.finding.state == State::Resolved {
+        bail!(
+            "finding {} is resolved; there is nothing to acknowledge",
+            rec.finding.fingerprint
+        );
+    }
+    let owner = owner
+        .map(str::to_string)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let a = Ack {
+        fingerprint: rec.finding.fingerprint.clone(),
+        owner: owner.clone(),
+        reason: reason.to_string(),
+        until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        value_only,
+        value: rec.finding.actual.clone(),
+        created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    store.ack(&a)?;
+    Ok(format!(
+        "acknowledged {} ({}/{} {}) until {} by {owner}{}\n",
+        a.fingerprint,
+        rec.finding.node,
+        rec.finding.config,
+        rec.finding.path,
+        a.until,
+        if value_only {
+            ", while the value stays the same"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// `plumb ack --list`.
+pub fn ack_list(store: &mut dyn Store, json: bool) -> Result<String> {
+    let acks = store.acks()?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&acks)? + "\n");
+    }
+    let mut text = String::new();
+    for a in &acks {
+        text.push_str(&format!(
+            "{}  until {}  by {}: {}{}\n",
+            a.fingerprint,
+            a.until,
+            a.owner,
+            a.reason,
+            if a.value_only { " (value only)" } else { "" }
+        ));
+    }
+    text.push_str(&format!("{} acknowledgements in force\n", acks.len()));
+    Ok(text)
+}
+
+/// `plumb unack FINGERPRINT`.
+pub fn unack(store: &mut dyn Store, fp: &str) -> Result<String> {
+    let full = store
+        .acks()?
+        .into_iter()
+        .filter(|a| a.fingerprint.starts_with(fp))
+        .map(|a| a.fingerprint)
+        .collect::<Vec<_>>();
+    let [one] = full.as_slice() else {
+        if full.is_empty() {
+            bail!("no acknowledgement in force for `{fp}` (see `plumb ack --list`)");
+        }
+        bail!(
+            "`{fp}` matches {} acknowledgements; give more of it",
+            full.len()
+        );
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    store.unack(one, &now)?;
+    Ok(format!("acknowledgement of {one} ended\n"))
+}
