@@ -74,6 +74,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v.sort();
             v[v.len() / 2]
         };
+        // (c) The same scan recorded in the SQLite store on disk: prepare (key, baseline versions, memory), scan,
+        // lifecycle + one write transaction. One cold round fills the store; warm rounds change nothing, measured
+        // against unrecorded scans in alternation.
+        let db = dir.path().join("bench-state.db");
+        let mut store = plumb::store::sqlite::SqliteStore::open(&db)?;
+        let cold = recorded(&plan, &mut store).await?;
+        let mut warm = Vec::new();
+        let mut bare = Vec::new();
+        for _ in 0..rounds {
+            let collector = Arc::new(Collector::new(&plan)?);
+            let t = Instant::now();
+            scan::run(plan.clone(), collector, ScanOptions::default()).await?;
+            bare.push(t.elapsed());
+            warm.push(recorded(&plan, &mut store).await?);
+        }
+        let (b, w) = (med(&mut bare), med(&mut warm));
+        let db_bytes: u64 = std::fs::read_dir(dir.path())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("bench-state.db"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        println!(
+            "store: cold_recorded={:.1}ms warm_unrecorded_median={:.1}ms warm_recorded_median={:.1}ms store_overhead={:+.1}% db_bytes={db_bytes}",
+            cold.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            w.as_secs_f64() * 1e3,
+            (w.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+        );
         let (r, f) = (med(&mut raw), med(&mut full));
         println!(
             "nodes={n} targets={} rounds={rounds} raw_fetch_median={:.1}ms scan_median={:.1}ms scan/raw={:.2} nodes_per_s={:.0}",
@@ -86,6 +115,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(fleet);
         Ok::<_, Box<dyn std::error::Error>>(())
     })
+}
+
+/// One scan recorded in the store, timed from `prepare` to the end of the write.
+async fn recorded(
+    plan: &Arc<plumb::config::Plan>,
+    store: &mut plumb::store::sqlite::SqliteStore,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let mut opts = ScanOptions::default();
+    let t = Instant::now();
+    let now = chrono::Utc::now().to_rfc3339();
+    let memory = scan::prepare(plan, store, &mut opts, &now)?;
+    let collector = Arc::new(Collector::new(plan)?);
+    let mut out = scan::run(plan.clone(), collector, opts).await?;
+    scan::record(plan, store, &memory, &mut out)?;
+    Ok(t.elapsed())
 }
 
 async fn raw_sweep(
