@@ -528,6 +528,23 @@ fn approve(
         std::fs::write(&tmp, &new_text)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        // The approval is a new baseline version: the one it replaces is superseded from now on.
+        if let Ok(written) = crate::normalize::parse(format, new_text.as_bytes()) {
+            let content = written.canonical_text();
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            store.record_baselines(
+                &[crate::store::BaselineVersion {
+                    file: path.strip_prefix(&plan.root).unwrap_or(&path).display().to_string(),
+                    config: t.config.clone(),
+                    hash: blake3::hash(content.as_bytes()).to_hex().to_string(),
+                    text: matches!(written, crate::normalize::Document::Text(_)),
+                    content,
+                    first_seen: now.clone(),
+                    superseded_at: None,
+                }],
+                &now,
+            )?;
+        }
         let diff = similar::TextDiff::from_lines(&old_text, &new_text)
             .unified_diff()
             .context_radius(3)
