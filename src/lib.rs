@@ -26,6 +26,7 @@ pub mod finding;
 pub mod inventory;
 pub mod lifecycle;
 pub mod normalize;
+pub mod notify;
 pub mod redact;
 pub mod report;
 pub mod rules;

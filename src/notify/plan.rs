@@ -1,0 +1,1 @@
+//! Planning alerts (being written).

@@ -1,0 +1,2 @@
+//! Rendering a digest into each chat target's payload, cut with "…and N more" before the target's size limit
+//! (being written).
