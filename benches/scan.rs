@@ -128,7 +128,7 @@ async fn recorded(
     let memory = scan::prepare(plan, store, &mut opts, &now)?;
     let collector = Arc::new(Collector::new(plan)?);
     let mut out = scan::run(plan.clone(), collector, opts).await?;
-    scan::record(plan, store, &memory, &mut out)?;
+    scan::record(plan, store, &memory, &mut out, false)?;
     Ok(t.elapsed())
 }
 

@@ -117,6 +117,40 @@ pub struct RawConfig {
     pub redact: crate::redact::RedactSettings,
     #[serde(default)]
     pub findings: RawFindings,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<crate::notify::sinks::RawSink>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub notify: RawNotify,
+}
+
+/// `[notify]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Where a scan's full report can be read; `{scan_id}` is replaced. Linked from every alert.
+    pub report_url: Option<String>,
+}
+
+/// `[[route]]`: which findings go to which sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub kinds: Vec<crate::finding::Kind>,
+    pub min_severity: Option<Severity>,
+    #[serde(default)]
+    pub configs: Vec<String>,
+    pub nodes: Option<BTreeMap<String, String>>,
+    pub sinks: Vec<String>,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Default 4h; "0s" sends no reminders.
+    pub repeat_interval: Option<String>,
+    /// Default true.
+    pub send_resolved: Option<bool>,
 }
 
 /// `[findings]`: lifecycle settings.
@@ -378,6 +412,9 @@ pub struct Plan {
     pub lifecycle: crate::lifecycle::Settings,
     /// `[store] keep`: history older than this is pruned after each recorded scan.
     pub keep: Option<Duration>,
+    pub sinks: Vec<crate::notify::sinks::SinkPlan>,
+    pub routes: Vec<crate::notify::plan::Route>,
+    pub report_url: Option<String>,
 }
 
 impl Plan {
@@ -639,6 +676,76 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         }
     }
 
+    // Sinks and routes.
+    let at = |needle: &str, msg: String| {
+        let (l, c) = locate(needle);
+        ConfigError::at(path, l, c, msg)
+    };
+    let mut sinks = Vec::new();
+    for raw_sink in &raw.sinks {
+        match build_sink(raw_sink, root, r) {
+            Ok(sp) => {
+                if sinks.iter().any(|x: &crate::notify::sinks::SinkPlan| x.name == sp.name) {
+                    errs.push(at(&format!("\"{}\"", sp.name), format!("sink `{}` is defined twice", sp.name)));
+                }
+                sinks.push(sp);
+            }
+            Err(m) => errs.push(at(&format!("\"{}\"", raw_sink.name), format!("sink `{}`: {m}", raw_sink.name))),
+        }
+    }
+    let mut routes = Vec::new();
+    for (i, rr) in raw.routes.iter().enumerate() {
+        let name = rr.name.clone().unwrap_or_else(|| format!("route-{}", i + 1));
+        let needle = rr.sinks.first().map(|s| format!("\"{s}\"")).unwrap_or_else(|| "[[route]]".into());
+        if rr.sinks.is_empty() {
+            errs.push(at("[[route]]", format!("route `{name}`: needs at least one sink")));
+        }
+        for s in &rr.sinks {
+            if !raw.sinks.iter().any(|x| &x.name == s) {
+                errs.push(at(&format!("\"{s}\""), format!("route `{name}`: no [[sink]] named `{s}`")));
+            }
+        }
+        for g in &rr.group_by {
+            if !["config", "node", "kind", "severity", "rule"].contains(&g.as_str()) {
+                errs.push(at(&format!("\"{g}\""), format!("route `{name}`: group_by `{g}` is not one of config, node, kind, severity, rule")));
+            }
+        }
+        let repeat = match rr.repeat_interval.as_deref().unwrap_or("4h") {
+            "0" | "0s" => None,
+            v => match parse_duration(v) {
+                Ok(d) => Some(d),
+                Err(m) => {
+                    errs.push(at(v, format!("route `{name}`: repeat_interval: {m}")));
+                    None
+                }
+            },
+        };
+        if routes.iter().any(|x: &crate::notify::plan::Route| x.name == name) {
+            errs.push(at(&needle, format!("route `{name}` is defined twice")));
+        }
+        routes.push(crate::notify::plan::Route {
+            name,
+            kinds: rr.kinds.clone(),
+            min_severity: rr.min_severity.unwrap_or(Severity::Info),
+            configs: rr.configs.clone(),
+            nodes: Selector(rr.nodes.clone().unwrap_or_default()),
+            sinks: rr.sinks.clone(),
+            group_by: rr.group_by.clone(),
+            repeat_interval: repeat,
+            send_resolved: rr.send_resolved.unwrap_or(true),
+        });
+    }
+    let report_url = match &raw.notify.report_url {
+        None => None,
+        Some(u) => match Template::parse(u, Allow::Secrets, r) {
+            Ok(t) => Some(t.render_plain()),
+            Err(m) => {
+                errs.push(at(u, format!("[notify] report_url: {m}")));
+                None
+            }
+        },
+    };
+
     let shapes: Vec<(String, bool)> = configs
         .iter()
         .map(|c| (c.name.clone(), !c.normalizer.output_is_text()))
@@ -675,6 +782,9 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         redact: raw.redact,
         lifecycle,
         keep,
+        sinks,
+        routes,
+        report_url,
     };
     // baseline.toml settings extend the config's own.
     for c in &mut plan.configs {
@@ -942,6 +1052,87 @@ impl PartialCompare {
             opts.key_fields.insert(0, k.clone());
         }
     }
+}
+
+/// Validate one `[[sink]]`: the keys its kind needs, secrets resolved, the CA read.
+fn build_sink(
+    raw: &crate::notify::sinks::RawSink,
+    root: &Path,
+    r: &dyn Resolver,
+) -> Result<crate::notify::sinks::SinkPlan, String> {
+    use crate::notify::sinks::{SinkKind, SinkPlan, default_url, required};
+    if !inventory::valid_name(&raw.name) {
+        return Err("the name must be letters, digits and . _ - : @ only".into());
+    }
+    let secret = |v: &Option<String>, what: &str| -> Result<Option<String>, String> {
+        v.as_deref()
+            .map(|s| {
+                Template::parse(s, Allow::Secrets, r)
+                    .map(|t| t.render_plain())
+                    .map_err(|m| format!("{what}: {m}"))
+            })
+            .transpose()
+    };
+    let url = secret(&raw.url, "url")?.or_else(|| default_url(raw.kind).map(str::to_string));
+    let token = secret(&raw.token, "token")?;
+    let routing_key = secret(&raw.routing_key, "routing_key")?;
+    for key in required(raw.kind) {
+        let present = match *key {
+            "url" => url.is_some(),
+            "from" => raw.from.is_some(),
+            "to" => !raw.to.is_empty(),
+            "repo" => raw.repo.is_some(),
+            "project" => raw.project.is_some(),
+            "token" => token.is_some(),
+            "routing_key" => routing_key.is_some(),
+            _ => true,
+        };
+        if !present {
+            return Err(format!("a {} sink needs `{key}`", raw.kind.as_str()));
+        }
+    }
+    let url = url.unwrap_or_default();
+    match raw.kind {
+        SinkKind::Email => {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return Err("an email sink's url is smtp://host[:port] (STARTTLS) or smtps://host[:port]".into());
+            }
+        }
+        _ => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!("url must be http:// or https:// (got a {}-character value)", url.len()));
+            }
+        }
+    }
+    let ca = match &raw.ca {
+        None => None,
+        Some(p) => Some(std::fs::read(root.join(p)).map_err(|e| format!("ca {p}: {e}"))?),
+    };
+    let timeout = match &raw.timeout {
+        None => Duration::from_secs(10),
+        Some(t) => parse_duration(t).map_err(|e| format!("timeout: {e}"))?,
+    };
+    Ok(SinkPlan {
+        name: raw.name.clone(),
+        kind: raw.kind,
+        url,
+        secret: secret(&raw.secret, "secret")?,
+        username: secret(&raw.username, "username")?,
+        password: secret(&raw.password, "password")?,
+        token,
+        user: secret(&raw.user, "user")?,
+        from: raw.from.clone(),
+        to: raw.to.clone(),
+        ca,
+        repo: raw.repo.clone(),
+        project: raw.project.clone(),
+        issue_type: raw.issue_type.clone().unwrap_or_else(|| "Task".into()),
+        labels: raw.labels.clone(),
+        close_transition: raw.close_transition.clone().unwrap_or_else(|| "Done".into()),
+        reopen_transition: raw.reopen_transition.clone().unwrap_or_else(|| "Reopen".into()),
+        routing_key,
+        timeout,
+    })
 }
 
 /// Render every template of a source for `node`, so a missing var is a load error, not a scan surprise.

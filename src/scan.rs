@@ -178,14 +178,16 @@ pub enum PrepareError {
     Redact(String),
 }
 
-/// After a scan: run the lifecycle over what the store remembers, write everything in one transaction, prune,
-/// and give the report its states, resolutions, groups and initial inventory.
+/// After a scan: run the lifecycle over what the store remembers, plan the alerts (when `notify`), write everything
+/// in one transaction — finding changes and the alerts they cause together — prune, and give the report its
+/// states, resolutions, groups and initial inventory. Returns how many alerts went into the outbox.
 pub fn record(
     plan: &Plan,
     store: &mut dyn Store,
     memory: &Memory,
     output: &mut ScanOutput,
-) -> Result<(), StoreError> {
+    notify: bool,
+) -> Result<usize, StoreError> {
     let now = chrono::DateTime::parse_from_rfc3339(&output.report.started_at)
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|_| chrono::Utc::now());
@@ -251,6 +253,22 @@ pub fn record(
     r.resolved = step.resolved;
     r.flapping_started = step.started_flapping;
     r.acks_ended = step.ended_acks.clone();
+    let planned = if notify {
+        let sinks = plan.sinks.iter().map(|s| (s.name.clone(), s.kind)).collect();
+        let nodes = plan.nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
+        crate::notify::plan::plan(&crate::notify::plan::PlanInput {
+            report: r,
+            routes: &plan.routes,
+            sinks: &sinks,
+            nodes: &nodes,
+            log: &memory.notify_log,
+            now,
+            report_url: plan.report_url.as_ref().map(|u| u.replace("{scan_id}", &r.scan_id)),
+        })
+    } else {
+        crate::notify::plan::Planned::default()
+    };
+    let queued = planned.messages.len();
     store.commit(&ScanCommit {
         scan_id: r.scan_id.clone(),
         started_at: r.started_at.clone(),
@@ -263,10 +281,12 @@ pub fn record(
         unread_new_targets,
         records: step.records,
         ended_acks: step.ended_acks,
+        outbox: planned.messages,
+        notify_log: planned.log,
     })?;
     if let Some(keep) = plan.keep {
         let cut = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
         store.prune(&cut.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))?;
     }
-    Ok(())
+    Ok(queued)
 }

@@ -130,6 +130,17 @@ impl Template {
         }
     }
 
+    /// The text of a template without node placeholders (`Allow::Secrets`).
+    pub fn render_plain(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Lit(l) => l.as_str(),
+                _ => "",
+            })
+            .collect()
+    }
+
     /// Whether rendering depends on the node.
     pub fn is_per_node(&self) -> bool {
         self.parts.iter().any(|p| !matches!(p, Part::Lit(_)))

@@ -19,24 +19,26 @@ pub fn open(plan: &Plan, over: Option<&Path>) -> Result<SqliteStore> {
 }
 
 /// One scan with the store: redaction, baseline versions and regressions always; lifecycle states and the
-/// write of the results when `record` is set.
+/// write of the results when `record` is set; alerts into the outbox when `notify` is set too.
 pub fn scan(
     rt: &tokio::runtime::Runtime,
     plan: Arc<Plan>,
     store: &mut dyn Store,
     mut opts: ScanOptions,
     record: bool,
-) -> Result<ScanOutput> {
+    notify: bool,
+) -> Result<(ScanOutput, usize)> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let memory = scan::prepare(&plan, store, &mut opts, &now)?;
     let mut output = rt.block_on(async {
         let collector = Arc::new(Collector::new(&plan)?);
         Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
     })?;
+    let mut queued = 0;
     if record {
-        scan::record(&plan, store, &memory, &mut output)?;
+        queued = scan::record(&plan, store, &memory, &mut output, notify)?;
     }
-    Ok(output)
+    Ok((output, queued))
 }
 
 /// `plumb findings`.
@@ -241,7 +243,13 @@ pub fn ack(
 
 /// `plumb ack --list`.
 pub fn ack_list(store: &mut dyn Store, json: bool) -> Result<String> {
-    let acks = store.acks()?;
+    // An ack past its `until` is no longer in force, even before a scan records that it ended.
+    let now = chrono::Utc::now();
+    let acks: Vec<Ack> = store
+        .acks()?
+        .into_iter()
+        .filter(|a| chrono::DateTime::parse_from_rfc3339(&a.until).is_ok_and(|u| u > now))
+        .collect();
     if json {
         return Ok(serde_json::to_string_pretty(&acks)? + "\n");
     }
@@ -280,4 +288,105 @@ pub fn unack(store: &mut dyn Store, fp: &str) -> Result<String> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     store.unack(one, &now)?;
     Ok(format!("acknowledgement of {one} ended\n"))
+}
+
+/// Deliver the outbox until it is empty or `wait` has passed.
+pub fn deliver(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    store: &mut dyn Store,
+    wait: std::time::Duration,
+) -> Result<crate::notify::dispatch::Stats> {
+    let d = crate::notify::dispatch::Dispatcher::new(&plan.sinks, Default::default()).map_err(|e| anyhow!(e))?;
+    Ok(rt.block_on(d.drain(store, wait))?)
+}
+
+/// One line about a delivery run, for stderr.
+pub fn delivery_summary(queued: usize, s: &crate::notify::dispatch::Stats) -> String {
+    let mut line = format!(
+        "alerts: {queued} queued, {} delivered, {} pending, {} dead letters",
+        s.delivered, s.pending, s.dead
+    );
+    for (sink, why) in &s.failing {
+        line.push_str(&format!("; sink {sink} failing: {why}"));
+    }
+    if s.pending > 0 {
+        line.push_str(" (pending alerts stay in the outbox: `plumb alerts flush` or the next run delivers them)");
+    }
+    line
+}
+
+/// `plumb alerts test SINK`.
+pub fn test_sink(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    store: &mut dyn Store,
+    sink: &str,
+    wait: std::time::Duration,
+) -> Result<String> {
+    let Some(s) = plan.sinks.iter().find(|s| s.name == sink) else {
+        let names: Vec<&str> = plan.sinks.iter().map(|s| s.name.as_str()).collect();
+        bail!("no [[sink]] named `{sink}` (there are: {})", names.join(", "));
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let msg = crate::notify::dispatch::test_message(s, &now);
+    let id = msg.id().to_string();
+    store.enqueue(std::slice::from_ref(&msg), &now)?;
+    let only = vec![s.clone()];
+    let d = crate::notify::dispatch::Dispatcher::new(&only, Default::default()).map_err(|e| anyhow!(e))?;
+    rt.block_on(d.drain(store, wait))?;
+    let row = store
+        .outbox_list()?
+        .into_iter()
+        .find(|r| r.msg_id == id && r.sink == sink);
+    Ok(match row {
+        None => format!("delivered a test message to sink `{sink}`\n"),
+        Some(r) if r.status == "dead" => format!(
+            "sink `{sink}` refused the test message: {}\n",
+            r.last_error.unwrap_or_default()
+        ),
+        Some(r) => format!(
+            "the test message to sink `{sink}` is still pending after {} attempts: {} (it stays in the outbox)\n",
+            r.attempts,
+            r.last_error.unwrap_or_default()
+        ),
+    })
+}
+
+/// `plumb alerts outbox`.
+pub fn outbox(store: &mut dyn Store, json: bool) -> Result<String> {
+    let rows = store.outbox_list()?;
+    if json {
+        let items: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id, "msg_id": r.msg_id, "sink": r.sink, "status": r.status, "attempts": r.attempts,
+                    "next_attempt_at": r.next_attempt_at, "last_error": r.last_error, "created_at": r.created_at,
+                    "message": r.message,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&items)? + "\n");
+    }
+    let mut text = String::new();
+    for r in &rows {
+        let what = match &r.message {
+            crate::notify::Message::Digest(d) => d.title.clone(),
+            crate::notify::Message::Ticket(t) => format!("{:?} ticket {}", t.action, t.key),
+        };
+        text.push_str(&format!(
+            "{:>5} {:<8} {:<16} attempts {:<3} next {}  {}{}\n",
+            r.id,
+            r.status,
+            r.sink,
+            r.attempts,
+            r.next_attempt_at,
+            what,
+            r.last_error.as_ref().map(|e| format!("  (last error: {e})")).unwrap_or_default()
+        ));
+    }
+    let pending = rows.iter().filter(|r| r.status == "pending").count();
+    text.push_str(&format!("{pending} pending, {} dead letters\n", rows.len() - pending));
+    Ok(text)
 }

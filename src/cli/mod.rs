@@ -65,6 +65,17 @@ pub enum Command {
         /// Exit 1 on drift, regression or violation at or above this severity.
         #[arg(long, default_value = "low")]
         fail_on: String,
+        /// Send alerts: plan them through [[route]]s into the outbox, then deliver until done or --notify-wait.
+        #[arg(long)]
+        notify: bool,
+        /// How long to keep delivering (undelivered alerts stay in the outbox for the next run).
+        #[arg(long, default_value = "30s")]
+        notify_wait: String,
+    },
+    /// Alert tools: test a sink, show the outbox.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
     },
     /// Validate plumb.toml, the inventory and baselines/; contacts no node.
     Check,
@@ -137,6 +148,27 @@ pub enum Command {
     Demo {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
+    },
+}
+
+/// `plumb alerts …`.
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Send a test message to one sink (through the outbox) and report the outcome.
+    Test {
+        sink: String,
+        #[arg(long, default_value = "30s")]
+        wait: String,
+    },
+    /// Pending items and dead letters.
+    Outbox {
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
+    /// Deliver what is pending now.
+    Flush {
+        #[arg(long, default_value = "30s")]
+        wait: String,
     },
 }
 
@@ -235,7 +267,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             format,
             nodes,
             fail_on,
+            notify,
+            notify_wait,
         } => {
+            let wait = crate::units::parse_duration(&notify_wait).map_err(|e| anyhow!("--notify-wait: {e}"))?;
             let fail_on: Severity = fail_on
                 .parse()
                 .map_err(|e: String| anyhow!("--fail-on: {e}"))?;
@@ -250,8 +285,12 @@ pub fn run(cli: Cli) -> Result<u8> {
                 selector,
                 ..Default::default()
             };
-            let output = memory::scan(&rt, plan, &mut store, opts, true)?;
+            let (output, queued) = memory::scan(&rt, plan.clone(), &mut store, opts, true, notify)?;
             print_report(&output.report, format, st)?;
+            if notify {
+                let stats = memory::deliver(&rt, &plan, &mut store, wait)?;
+                eprintln!("{}", memory::delivery_summary(queued, &stats));
+            }
             Ok(output.report.exit_code(fail_on))
         }
         Command::Diff { node, config } => {
@@ -263,7 +302,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 config: config.clone(),
                 ..Default::default()
             };
-            let output = memory::scan(&rt, plan, &mut store, opts, false)?;
+            let (output, _) = memory::scan(&rt, plan, &mut store, opts, false, false)?;
             let mut text = String::new();
             for t in &output.targets {
                 if !t.read || t.baseline.is_none() {
@@ -368,6 +407,30 @@ pub fn run(cli: Cli) -> Result<u8> {
             out(&memory::unack(&mut store, &fingerprint)?)?;
             Ok(0)
         }
+        Command::Alerts { command } => {
+            let plan = load(&cli.config)?;
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            match command {
+                AlertsCommand::Test { sink, wait } => {
+                    let wait = crate::units::parse_duration(&wait).map_err(|e| anyhow!("--wait: {e}"))?;
+                    let rt = runtime()?;
+                    let text = memory::test_sink(&rt, &plan, &mut store, &sink, wait)?;
+                    out(&text)?;
+                    Ok(if text.starts_with("delivered") { 0 } else { 1 })
+                }
+                AlertsCommand::Outbox { format } => {
+                    out(&memory::outbox(&mut store, format == OutputFormat::Json)?)?;
+                    Ok(0)
+                }
+                AlertsCommand::Flush { wait } => {
+                    let wait = crate::units::parse_duration(&wait).map_err(|e| anyhow!("--wait: {e}"))?;
+                    let rt = runtime()?;
+                    let stats = memory::deliver(&rt, &plan, &mut store, wait)?;
+                    out(&format!("{}\n", memory::delivery_summary(0, &stats)))?;
+                    Ok(if stats.pending == 0 && stats.dead == 0 { 0 } else { 1 })
+                }
+            }
+        }
         Command::Rules {
             command: RulesCommand::Test,
         } => {
@@ -457,7 +520,7 @@ fn approve(
         ..Default::default()
     };
     // Live content is redacted before it is written: secrets never land in a baseline file.
-    let output = memory::scan(&rt, plan.clone(), store, opts, false)?;
+    let (output, _) = memory::scan(&rt, plan.clone(), store, opts, false, false)?;
     let node_def = plan
         .node(node)
         .ok_or_else(|| anyhow!("no node named `{node}`"))?;
@@ -534,7 +597,11 @@ fn approve(
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             store.record_baselines(
                 &[crate::store::BaselineVersion {
-                    file: path.strip_prefix(&plan.root).unwrap_or(&path).display().to_string(),
+                    file: path
+                        .strip_prefix(&plan.root)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
                     config: t.config.clone(),
                     hash: blake3::hash(content.as_bytes()).to_hex().to_string(),
                     text: matches!(written, crate::normalize::Document::Text(_)),
@@ -605,7 +672,7 @@ fn demo(config_path: &std::path::Path, format: OutputFormat, st: Style) -> Resul
         intro.push_str("\n== scan 1: the first scan of the fleet ==\n");
         out(&intro)?;
     }
-    let first = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true)?;
+    let (first, _) = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true, false)?;
     if human {
         print_report(&first.report, format, st)?;
         let mut mid = String::from("\n== between the scans ==\n");
@@ -616,7 +683,7 @@ fn demo(config_path: &std::path::Path, format: OutputFormat, st: Style) -> Resul
         out(&mid)?;
     }
     sim::demo::round_two(&fleet, &plan.nodes);
-    let second = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true)?;
+    let (second, _) = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true, false)?;
     print_report(&second.report, format, st)?;
     if human {
         out(&format!(

@@ -36,6 +36,8 @@ pub struct Memory {
     pub last_hash: HashMap<Target, Option<String>>,
     /// Acknowledgements in force.
     pub acks: HashMap<String, Ack>,
+    /// The notification log, by (route, sink, fingerprint).
+    pub notify_log: HashMap<(String, String, String), crate::notify::plan::LogEntry>,
 }
 
 impl Memory {
@@ -75,6 +77,36 @@ pub struct ScanCommit {
     pub unread_new_targets: Vec<Target>,
     pub records: Vec<Record>,
     pub ended_acks: Vec<String>,
+    /// Alerts caused by this scan, written in the same transaction.
+    pub outbox: Vec<crate::notify::Message>,
+    /// The notification log entries those alerts change.
+    pub notify_log: Vec<crate::notify::plan::LogEntry>,
+}
+
+/// One outbox item.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub msg_id: String,
+    pub sink: String,
+    pub message: crate::notify::Message,
+    /// `pending`, `sent` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: String,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}
+
+/// What happened to an outbox item.
+#[derive(Debug, Clone)]
+pub enum OutboxUpdate {
+    /// Delivered; tickets remember (sink, key, external id).
+    Sent { at: String, ticket: Option<(String, String, String)> },
+    /// Try again at `next_at`.
+    Retry { attempts: u32, next_at: String, error: String },
+    /// Given up: a dead letter.
+    Dead { at: String, error: String },
 }
 
 /// One baseline file version.
@@ -153,4 +185,17 @@ pub trait Store: Send {
     fn acks(&mut self) -> Result<Vec<Ack>, StoreError>;
     /// Remove history older than `before`, never what a live finding or a target's latest state points to.
     fn prune(&mut self, before: &str) -> Result<Pruned, StoreError>;
+    /// Add messages to the outbox outside a scan (self-alerts, `plumb alerts test`).
+    fn enqueue(&mut self, messages: &[crate::notify::Message], now: &str) -> Result<(), StoreError>;
+    /// The oldest pending item of every sink.
+    fn outbox_heads(&mut self) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Pending items and dead letters.
+    fn outbox_list(&mut self) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Record a delivery attempt's outcome.
+    fn outbox_update(&mut self, id: i64, update: &OutboxUpdate) -> Result<(), StoreError>;
+    /// The ticket id a sink has for a key.
+    fn ticket_id(&mut self, sink: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Since when a sink fails (if it does), and whether that was alerted.
+    fn sink_health(&mut self, sink: &str) -> Result<(Option<String>, bool), StoreError>;
+    fn set_sink_health(&mut self, sink: &str, failing_since: Option<&str>, alerted: bool) -> Result<(), StoreError>;
 }

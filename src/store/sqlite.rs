@@ -2,9 +2,11 @@
 //! `PRAGMA user_version` applied as numbered migrations inside a transaction.
 
 use super::{
-    BaselineVersion, FindingFilter, HistoryEntry, Memory, Pruned, ScanCommit, Store, StoreError,
-    Target,
+    BaselineVersion, FindingFilter, HistoryEntry, Memory, OutboxRow, OutboxUpdate, Pruned, ScanCommit, Store,
+    StoreError, Target,
 };
+use crate::notify::Message;
+use crate::notify::plan::LogEntry;
 use crate::lifecycle::{Ack, Record};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -36,6 +38,17 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE acks (fingerprint TEXT NOT NULL, created_at TEXT NOT NULL, until TEXT NOT NULL,
         ended_at TEXT, record TEXT NOT NULL);
      CREATE INDEX acks_open ON acks(fingerprint, ended_at);",
+    // 2: alerts: the durable outbox, the notification log, ticket ids, sink health.
+    "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL, sink TEXT NOT NULL,
+        payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL, last_error TEXT, created_at TEXT NOT NULL, done_at TEXT,
+        UNIQUE (sink, msg_id));
+     CREATE INDEX outbox_status ON outbox(status, sink, id);
+     CREATE TABLE notify_log (route TEXT NOT NULL, sink TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        record TEXT NOT NULL, PRIMARY KEY (route, sink, fingerprint));
+     CREATE TABLE tickets (sink TEXT NOT NULL, key TEXT NOT NULL, external_id TEXT NOT NULL,
+        PRIMARY KEY (sink, key));
+     CREATE TABLE sink_health (sink TEXT PRIMARY KEY, failing_since TEXT, alerted INTEGER NOT NULL DEFAULT 0);",
 ];
 
 /// The SQLite store.
@@ -124,6 +137,55 @@ impl SqliteStore {
         self.conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| self.e(e))
+    }
+}
+
+fn insert_outbox(tx: &rusqlite::Transaction<'_>, messages: &[Message], now: &str) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (msg_id, sink, payload, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+    )?;
+    for m in messages {
+        let payload = serde_json::to_string(m).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        st.execute(params![m.id(), m.sink(), payload, now])?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    fn outbox_query(&mut self, sql: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut st = self.conn.prepare(sql).map_err(|e| err(&self.path, e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })
+            .map_err(|e| err(&self.path, e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, msg_id, sink, payload, status, attempts, next_attempt_at, last_error, created_at) =
+                row.map_err(|e| err(&self.path, e))?;
+            out.push(OutboxRow {
+                id,
+                msg_id,
+                sink,
+                message: serde_json::from_str(&payload).map_err(json_err)?,
+                status,
+                attempts,
+                next_attempt_at,
+                last_error,
+                created_at,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -222,6 +284,21 @@ impl Store for SqliteStore {
         }
         for a in self.acks()? {
             mem.acks.insert(a.fingerprint.clone(), a);
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT record FROM notify_log")
+                .map_err(|e| err(&self.path, e))?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| err(&self.path, e))?;
+            for row in rows {
+                let text = row.map_err(|e| err(&self.path, e))?;
+                let e: LogEntry = serde_json::from_str(&text).map_err(json_err)?;
+                mem.notify_log
+                    .insert((e.route.clone(), e.sink.clone(), e.fingerprint.clone()), e);
+            }
         }
         Ok(mem)
     }
@@ -377,8 +454,113 @@ impl Store for SqliteStore {
             for fp in &scan.ended_acks {
                 end_ack.execute(params![fp, scan.started_at]).map_err(e)?;
             }
+            // Alerts are written in the same transaction as the finding changes that caused them.
+            insert_outbox(&tx, &scan.outbox, &scan.started_at).map_err(e)?;
+            let mut up_log = tx
+                .prepare_cached(
+                    "INSERT INTO notify_log (route, sink, fingerprint, record) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (route, sink, fingerprint) DO UPDATE SET record = excluded.record",
+                )
+                .map_err(e)?;
+            for l in &scan.notify_log {
+                up_log
+                    .execute(params![l.route, l.sink, l.fingerprint, serde_json::to_string(l).map_err(json_err)?])
+                    .map_err(e)?;
+            }
         }
         tx.commit().map_err(e)
+    }
+
+    fn enqueue(&mut self, messages: &[Message], now: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        insert_outbox(&tx, messages, now).map_err(|e| err(&path, e))?;
+        tx.commit().map_err(|e| err(&path, e))
+    }
+
+    fn outbox_heads(&mut self) -> Result<Vec<OutboxRow>, StoreError> {
+        // The oldest pending item of each sink: a sink delivers in order, so its head blocks the rest.
+        self.outbox_query(
+            "SELECT id, msg_id, sink, payload, status, attempts, next_attempt_at, last_error, created_at FROM outbox \
+             WHERE id IN (SELECT MIN(id) FROM outbox WHERE status = 'pending' GROUP BY sink) ORDER BY id",
+        )
+    }
+
+    fn outbox_list(&mut self) -> Result<Vec<OutboxRow>, StoreError> {
+        self.outbox_query(
+            "SELECT id, msg_id, sink, payload, status, attempts, next_attempt_at, last_error, created_at FROM outbox \
+             WHERE status != 'sent' ORDER BY id",
+        )
+    }
+
+    fn outbox_update(&mut self, id: i64, update: &OutboxUpdate) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |x| err(&path, x);
+        let tx = self.conn.transaction().map_err(e)?;
+        match update {
+            OutboxUpdate::Sent { at, ticket } => {
+                tx.execute("UPDATE outbox SET status = 'sent', done_at = ?2, last_error = NULL WHERE id = ?1", params![id, at])
+                    .map_err(e)?;
+                if let Some((sink, key, ext)) = ticket {
+                    tx.execute(
+                        "INSERT INTO tickets (sink, key, external_id) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (sink, key) DO UPDATE SET external_id = excluded.external_id",
+                        params![sink, key, ext],
+                    )
+                    .map_err(e)?;
+                }
+            }
+            OutboxUpdate::Retry { attempts, next_at, error } => {
+                tx.execute(
+                    "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
+                    params![id, attempts, next_at, error],
+                )
+                .map_err(e)?;
+            }
+            OutboxUpdate::Dead { at, error } => {
+                tx.execute(
+                    "UPDATE outbox SET status = 'dead', done_at = ?2, last_error = ?3, attempts = attempts + 1 WHERE id = ?1",
+                    params![id, at, error],
+                )
+                .map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    fn ticket_id(&mut self, sink: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT external_id FROM tickets WHERE sink = ?1 AND key = ?2",
+                params![sink, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.e(e))
+    }
+
+    fn sink_health(&mut self, sink: &str) -> Result<(Option<String>, bool), StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT failing_since, alerted FROM sink_health WHERE sink = ?1",
+                params![sink],
+                |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.e(e))?
+            .unwrap_or((None, false)))
+    }
+
+    fn set_sink_health(&mut self, sink: &str, failing_since: Option<&str>, alerted: bool) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sink_health (sink, failing_since, alerted) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (sink) DO UPDATE SET failing_since = excluded.failing_since, alerted = excluded.alerted",
+                params![sink, failing_since, alerted],
+            )
+            .map_err(|e| self.e(e))?;
+        Ok(())
     }
 
     fn findings(&mut self, filter: &FindingFilter) -> Result<Vec<Record>, StoreError> {
@@ -497,10 +679,12 @@ impl Store for SqliteStore {
                 params![before],
             )
             .map_err(e)?;
-        // Resolved findings not seen since the cut-off go; live ones (any other state) always stay.
+        // Resolved findings that resolved before the cut-off go (a finding of a node unread for long resolves with
+        // an old `last_seen`: it is aged from its resolution); live ones (any other state) always stay.
         p.findings = tx
             .execute(
-                "DELETE FROM findings WHERE state = 'resolved' AND last_seen < ?1",
+                "DELETE FROM findings WHERE state = 'resolved' \
+                 AND COALESCE(json_extract(record, '$.resolved_at'), last_seen) < ?1",
                 params![before],
             )
             .map_err(e)?;
