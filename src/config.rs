@@ -685,24 +685,46 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
     for raw_sink in &raw.sinks {
         match build_sink(raw_sink, root, r) {
             Ok(sp) => {
-                if sinks.iter().any(|x: &crate::notify::sinks::SinkPlan| x.name == sp.name) {
-                    errs.push(at(&format!("\"{}\"", sp.name), format!("sink `{}` is defined twice", sp.name)));
+                if sinks
+                    .iter()
+                    .any(|x: &crate::notify::sinks::SinkPlan| x.name == sp.name)
+                {
+                    errs.push(at(
+                        &format!("\"{}\"", sp.name),
+                        format!("sink `{}` is defined twice", sp.name),
+                    ));
                 }
                 sinks.push(sp);
             }
-            Err(m) => errs.push(at(&format!("\"{}\"", raw_sink.name), format!("sink `{}`: {m}", raw_sink.name))),
+            Err(m) => errs.push(at(
+                &format!("\"{}\"", raw_sink.name),
+                format!("sink `{}`: {m}", raw_sink.name),
+            )),
         }
     }
     let mut routes = Vec::new();
     for (i, rr) in raw.routes.iter().enumerate() {
-        let name = rr.name.clone().unwrap_or_else(|| format!("route-{}", i + 1));
-        let needle = rr.sinks.first().map(|s| format!("\"{s}\"")).unwrap_or_else(|| "[[route]]".into());
+        let name = rr
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{}", i + 1));
+        let needle = rr
+            .sinks
+            .first()
+            .map(|s| format!("\"{s}\""))
+            .unwrap_or_else(|| "[[route]]".into());
         if rr.sinks.is_empty() {
-            errs.push(at("[[route]]", format!("route `{name}`: needs at least one sink")));
+            errs.push(at(
+                "[[route]]",
+                format!("route `{name}`: needs at least one sink"),
+            ));
         }
         for s in &rr.sinks {
             if !raw.sinks.iter().any(|x| &x.name == s) {
-                errs.push(at(&format!("\"{s}\""), format!("route `{name}`: no [[sink]] named `{s}`")));
+                errs.push(at(
+                    &format!("\"{s}\""),
+                    format!("route `{name}`: no [[sink]] named `{s}`"),
+                ));
             }
         }
         for g in &rr.group_by {
@@ -720,7 +742,10 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
                 }
             },
         };
-        if routes.iter().any(|x: &crate::notify::plan::Route| x.name == name) {
+        if routes
+            .iter()
+            .any(|x: &crate::notify::plan::Route| x.name == name)
+        {
             errs.push(at(&needle, format!("route `{name}` is defined twice")));
         }
         routes.push(crate::notify::plan::Route {
@@ -1095,12 +1120,18 @@ fn build_sink(
     match raw.kind {
         SinkKind::Email => {
             if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-                return Err("an email sink's url is smtp://host[:port] (STARTTLS) or smtps://host[:port]".into());
+                return Err(
+                    "an email sink's url is smtp://host[:port] (STARTTLS) or smtps://host[:port]"
+                        .into(),
+                );
             }
         }
         _ => {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(format!("url must be http:// or https:// (got a {}-character value)", url.len()));
+                return Err(format!(
+                    "url must be http:// or https:// (got a {}-character value)",
+                    url.len()
+                ));
             }
         }
     }
@@ -1128,8 +1159,14 @@ fn build_sink(
         project: raw.project.clone(),
         issue_type: raw.issue_type.clone().unwrap_or_else(|| "Task".into()),
         labels: raw.labels.clone(),
-        close_transition: raw.close_transition.clone().unwrap_or_else(|| "Done".into()),
-        reopen_transition: raw.reopen_transition.clone().unwrap_or_else(|| "Reopen".into()),
+        close_transition: raw
+            .close_transition
+            .clone()
+            .unwrap_or_else(|| "Done".into()),
+        reopen_transition: raw
+            .reopen_transition
+            .clone()
+            .unwrap_or_else(|| "Reopen".into()),
         routing_key,
         timeout,
     })

@@ -31,6 +31,7 @@ pub mod redact;
 pub mod report;
 pub mod rules;
 pub mod scan;
+pub mod schedule;
 pub mod sim;
 pub mod store;
 pub mod template;

@@ -192,6 +192,10 @@ pub fn step(mut input: StepInput<'_>) -> StepOutput {
             }
         };
         f.kind = kind;
+        if kind == Kind::Regression {
+            // A regression is at least as severe as the kind's default, however it became one.
+            f.severity = f.severity.max(Kind::Regression.default_severity());
+        }
         f.state = state;
         f.first_seen = prev.map_or(now_s.clone(), |p| p.finding.first_seen.clone());
         f.last_seen = now_s.clone();
@@ -274,7 +278,12 @@ fn overlay(rec: &mut Record, input: &StepInput<'_>, now: DateTime<Utc>, out: &mu
             rec.flapping_since = Some(ts(now));
             out.started_flapping.push(rec.finding.fingerprint.clone());
         }
-        Some(_) if last_change.is_none_or(|t| now - t >= s.flap_quiet) => rec.flapping_since = None,
+        Some(_) if last_change.is_none_or(|t| now - t >= s.flap_quiet) => {
+            // The changes that made it flap are spent: with a quiet period shorter than the window they would
+            // still count, and it would start flapping (and be reported) again at the next scan.
+            rec.flapping_since = None;
+            rec.changes.clear();
+        }
         _ => {}
     }
     if rec.flapping_since.is_some() {

@@ -254,8 +254,16 @@ pub fn record(
     r.flapping_started = step.started_flapping;
     r.acks_ended = step.ended_acks.clone();
     let planned = if notify {
-        let sinks = plan.sinks.iter().map(|s| (s.name.clone(), s.kind)).collect();
-        let nodes = plan.nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
+        let sinks = plan
+            .sinks
+            .iter()
+            .map(|s| (s.name.clone(), s.kind))
+            .collect();
+        let nodes = plan
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.clone()))
+            .collect();
         crate::notify::plan::plan(&crate::notify::plan::PlanInput {
             report: r,
             routes: &plan.routes,
@@ -263,7 +271,10 @@ pub fn record(
             nodes: &nodes,
             log: &memory.notify_log,
             now,
-            report_url: plan.report_url.as_ref().map(|u| u.replace("{scan_id}", &r.scan_id)),
+            report_url: plan
+                .report_url
+                .as_ref()
+                .map(|u| u.replace("{scan_id}", &r.scan_id)),
         })
     } else {
         crate::notify::plan::Planned::default()

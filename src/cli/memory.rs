@@ -297,7 +297,8 @@ pub fn deliver(
     store: &mut dyn Store,
     wait: std::time::Duration,
 ) -> Result<crate::notify::dispatch::Stats> {
-    let d = crate::notify::dispatch::Dispatcher::new(&plan.sinks, Default::default()).map_err(|e| anyhow!(e))?;
+    let d = crate::notify::dispatch::Dispatcher::new(&plan.sinks, Default::default())
+        .map_err(|e| anyhow!(e))?;
     Ok(rt.block_on(d.drain(store, wait))?)
 }
 
@@ -326,14 +327,18 @@ pub fn test_sink(
 ) -> Result<String> {
     let Some(s) = plan.sinks.iter().find(|s| s.name == sink) else {
         let names: Vec<&str> = plan.sinks.iter().map(|s| s.name.as_str()).collect();
-        bail!("no [[sink]] named `{sink}` (there are: {})", names.join(", "));
+        bail!(
+            "no [[sink]] named `{sink}` (there are: {})",
+            names.join(", ")
+        );
     };
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let msg = crate::notify::dispatch::test_message(s, &now);
     let id = msg.id().to_string();
     store.enqueue(std::slice::from_ref(&msg), &now)?;
     let only = vec![s.clone()];
-    let d = crate::notify::dispatch::Dispatcher::new(&only, Default::default()).map_err(|e| anyhow!(e))?;
+    let d = crate::notify::dispatch::Dispatcher::new(&only, Default::default())
+        .map_err(|e| anyhow!(e))?;
     rt.block_on(d.drain(store, wait))?;
     let row = store
         .outbox_list()?
@@ -383,10 +388,16 @@ pub fn outbox(store: &mut dyn Store, json: bool) -> Result<String> {
             r.attempts,
             r.next_attempt_at,
             what,
-            r.last_error.as_ref().map(|e| format!("  (last error: {e})")).unwrap_or_default()
+            r.last_error
+                .as_ref()
+                .map(|e| format!("  (last error: {e})"))
+                .unwrap_or_default()
         ));
     }
     let pending = rows.iter().filter(|r| r.status == "pending").count();
-    text.push_str(&format!("{pending} pending, {} dead letters\n", rows.len() - pending));
+    text.push_str(&format!(
+        "{pending} pending, {} dead letters\n",
+        rows.len() - pending
+    ));
     Ok(text)
 }

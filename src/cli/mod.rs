@@ -270,7 +270,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             notify,
             notify_wait,
         } => {
-            let wait = crate::units::parse_duration(&notify_wait).map_err(|e| anyhow!("--notify-wait: {e}"))?;
+            let wait = crate::units::parse_duration(&notify_wait)
+                .map_err(|e| anyhow!("--notify-wait: {e}"))?;
             let fail_on: Severity = fail_on
                 .parse()
                 .map_err(|e: String| anyhow!("--fail-on: {e}"))?;
@@ -412,7 +413,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             let mut store = memory::open(&plan, cli.store.as_deref())?;
             match command {
                 AlertsCommand::Test { sink, wait } => {
-                    let wait = crate::units::parse_duration(&wait).map_err(|e| anyhow!("--wait: {e}"))?;
+                    let wait =
+                        crate::units::parse_duration(&wait).map_err(|e| anyhow!("--wait: {e}"))?;
                     let rt = runtime()?;
                     let text = memory::test_sink(&rt, &plan, &mut store, &sink, wait)?;
                     out(&text)?;
@@ -423,11 +425,16 @@ pub fn run(cli: Cli) -> Result<u8> {
                     Ok(0)
                 }
                 AlertsCommand::Flush { wait } => {
-                    let wait = crate::units::parse_duration(&wait).map_err(|e| anyhow!("--wait: {e}"))?;
+                    let wait =
+                        crate::units::parse_duration(&wait).map_err(|e| anyhow!("--wait: {e}"))?;
                     let rt = runtime()?;
                     let stats = memory::deliver(&rt, &plan, &mut store, wait)?;
                     out(&format!("{}\n", memory::delivery_summary(0, &stats)))?;
-                    Ok(if stats.pending == 0 && stats.dead == 0 { 0 } else { 1 })
+                    Ok(if stats.pending == 0 && stats.dead == 0 {
+                        0
+                    } else {
+                        1
+                    })
                 }
             }
         }
@@ -672,7 +679,14 @@ fn demo(config_path: &std::path::Path, format: OutputFormat, st: Style) -> Resul
         intro.push_str("\n== scan 1: the first scan of the fleet ==\n");
         out(&intro)?;
     }
-    let (first, _) = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true, false)?;
+    let (first, _) = memory::scan(
+        &rt,
+        plan.clone(),
+        &mut store,
+        ScanOptions::default(),
+        true,
+        false,
+    )?;
     if human {
         print_report(&first.report, format, st)?;
         let mut mid = String::from("\n== between the scans ==\n");
@@ -683,7 +697,14 @@ fn demo(config_path: &std::path::Path, format: OutputFormat, st: Style) -> Resul
         out(&mid)?;
     }
     sim::demo::round_two(&fleet, &plan.nodes);
-    let (second, _) = memory::scan(&rt, plan.clone(), &mut store, ScanOptions::default(), true, false)?;
+    let (second, _) = memory::scan(
+        &rt,
+        plan.clone(),
+        &mut store,
+        ScanOptions::default(),
+        true,
+        false,
+    )?;
     print_report(&second.report, format, st)?;
     if human {
         out(&format!(

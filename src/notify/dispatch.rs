@@ -59,7 +59,9 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse(t: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// `rand(0, min(cap, base·2^attempt))`.
@@ -89,7 +91,11 @@ impl Dispatcher {
     }
 
     /// Try the oldest due item of every sink once, concurrently; write each outcome back.
-    pub async fn tick(&self, store: &mut dyn Store, now: DateTime<Utc>) -> Result<Stats, StoreError> {
+    pub async fn tick(
+        &self,
+        store: &mut dyn Store,
+        now: DateTime<Utc>,
+    ) -> Result<Stats, StoreError> {
         let mut stats = Stats::default();
         let heads = store.outbox_heads()?;
         let mut set = tokio::task::JoinSet::new();
@@ -147,15 +153,31 @@ impl Dispatcher {
                 stats.delivered += 1;
             }
             Err(DeliveryError::Retry { after, reason }) => {
-                let age = parse(&row.created_at).map_or(Duration::ZERO, |c| (now - c).to_std().unwrap_or_default());
+                let age = parse(&row.created_at)
+                    .map_or(Duration::ZERO, |c| (now - c).to_std().unwrap_or_default());
                 if age >= self.policy.max_age {
-                    let error = format!("gave up after {} attempts over {age:?}: {reason}", row.attempts + 1);
-                    store.outbox_update(row.id, &OutboxUpdate::Dead { at: at.clone(), error: error.clone() })?;
-                    self.self_alert(store, &row.sink, &format!("an alert to sink `{}` was dead-lettered: {error}", row.sink), now)?;
+                    let error = format!(
+                        "gave up after {} attempts over {age:?}: {reason}",
+                        row.attempts + 1
+                    );
+                    store.outbox_update(
+                        row.id,
+                        &OutboxUpdate::Dead {
+                            at: at.clone(),
+                            error: error.clone(),
+                        },
+                    )?;
+                    self.self_alert(
+                        store,
+                        &row.sink,
+                        &format!("an alert to sink `{}` was dead-lettered: {error}", row.sink),
+                        now,
+                    )?;
                     stats.dead += 1;
                 } else {
                     let delay = after.unwrap_or_else(|| full_jitter(&self.policy, row.attempts));
-                    let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    let next =
+                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                     store.outbox_update(
                         row.id,
                         &OutboxUpdate::Retry {
@@ -167,12 +189,17 @@ impl Dispatcher {
                     stats.retried += 1;
                     let (since, alerted) = store.sink_health(&row.sink)?;
                     let since_t = since.as_deref().and_then(parse).unwrap_or(now);
-                    let long = (now - since_t).to_std().unwrap_or_default() >= self.policy.fail_alert_after;
+                    let long = (now - since_t).to_std().unwrap_or_default()
+                        >= self.policy.fail_alert_after;
                     if long && !alerted {
                         self.self_alert(
                             store,
                             &row.sink,
-                            &format!("sink `{}` has been failing since {}: {reason}", row.sink, ts(since_t)),
+                            &format!(
+                                "sink `{}` has been failing since {}: {reason}",
+                                row.sink,
+                                ts(since_t)
+                            ),
                             now,
                         )?;
                     }
@@ -182,11 +209,20 @@ impl Dispatcher {
                 stats.failing.push((row.sink.clone(), reason));
             }
             Err(DeliveryError::Permanent { reason }) => {
-                store.outbox_update(row.id, &OutboxUpdate::Dead { at, error: reason.clone() })?;
+                store.outbox_update(
+                    row.id,
+                    &OutboxUpdate::Dead {
+                        at,
+                        error: reason.clone(),
+                    },
+                )?;
                 self.self_alert(
                     store,
                     &row.sink,
-                    &format!("an alert to sink `{}` was refused and dead-lettered: {reason}", row.sink),
+                    &format!(
+                        "an alert to sink `{}` was refused and dead-lettered: {reason}",
+                        row.sink
+                    ),
                     now,
                 )?;
                 stats.dead += 1;
@@ -196,7 +232,13 @@ impl Dispatcher {
     }
 
     /// Tell every other chat, webhook and email sink about plumb's own trouble.
-    pub fn self_alert(&self, store: &mut dyn Store, failing: &str, text: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub fn self_alert(
+        &self,
+        store: &mut dyn Store,
+        failing: &str,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let at = ts(now);
         let mut msgs = Vec::new();
         let mut names: Vec<&String> = self.sinks.keys().collect();
@@ -212,7 +254,11 @@ impl Dispatcher {
     }
 
     /// Tick until nothing is pending or `deadline` has passed, sleeping until the next item is due.
-    pub async fn drain(&self, store: &mut dyn Store, deadline: Duration) -> Result<Stats, StoreError> {
+    pub async fn drain(
+        &self,
+        store: &mut dyn Store,
+        deadline: Duration,
+    ) -> Result<Stats, StoreError> {
         let start = std::time::Instant::now();
         let mut total = Stats::default();
         loop {
@@ -226,14 +272,20 @@ impl Dispatcher {
             }
             let heads = store.outbox_heads()?;
             if heads.is_empty() || start.elapsed() >= deadline {
-                total.pending = store.outbox_list()?.iter().filter(|r| r.status == "pending").count();
+                total.pending = store
+                    .outbox_list()?
+                    .iter()
+                    .filter(|r| r.status == "pending")
+                    .count();
                 return Ok(total);
             }
             let next = heads
                 .iter()
                 .filter_map(|h| parse(&h.next_attempt_at))
                 .min()
-                .map_or(Duration::from_millis(100), |t| (t - Utc::now()).to_std().unwrap_or_default());
+                .map_or(Duration::from_millis(100), |t| {
+                    (t - Utc::now()).to_std().unwrap_or_default()
+                });
             let left = deadline.saturating_sub(start.elapsed());
             tokio::time::sleep(next.min(left).max(Duration::from_millis(20))).await;
         }

@@ -35,7 +35,9 @@ pub struct Route {
 impl Route {
     /// Whether a finding on `node` goes this way.
     pub fn matches(&self, f: &Finding, node: Option<&Node>) -> bool {
-        (self.kinds.is_empty() || self.kinds.contains(&f.kind) || (f.kind == Kind::Regression && self.kinds.contains(&Kind::Drift)))
+        (self.kinds.is_empty()
+            || self.kinds.contains(&f.kind)
+            || (f.kind == Kind::Regression && self.kinds.contains(&Kind::Drift)))
             && f.severity >= self.min_severity
             && (self.configs.is_empty() || self.configs.contains(&f.config))
             && (self.nodes.0.is_empty() || node.is_some_and(|n| self.nodes.matches(n)))
@@ -113,7 +115,8 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
                     Some(p) => {
                         let due = route.repeat_interval.is_some_and(|ri| {
                             DateTime::parse_from_rfc3339(&p.sent_at).is_ok_and(|t| {
-                                input.now - t.with_timezone(&Utc) >= Duration::from_std(ri).unwrap_or(Duration::MAX)
+                                input.now - t.with_timezone(&Utc)
+                                    >= Duration::from_std(ri).unwrap_or(Duration::MAX)
                             })
                         });
                         if flapping.contains(&f.fingerprint) {
@@ -186,7 +189,13 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
                         Trigger::Resolved => TicketAction::Close,
                         _ => TicketAction::Comment,
                     };
-                    let id = short_id(&[&r.scan_id, &route.name, sink, &it.finding.fingerprint, it.trigger.as_str()]);
+                    let id = short_id(&[
+                        &r.scan_id,
+                        &route.name,
+                        sink,
+                        &it.finding.fingerprint,
+                        it.trigger.as_str(),
+                    ]);
                     out.messages.push(Message::Ticket(TicketEvent {
                         id,
                         route: route.name.clone(),
@@ -205,7 +214,10 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
             // Chat, webhook and email: one digest per group of `group_by` values.
             let mut groups: BTreeMap<String, Vec<AlertItem>> = BTreeMap::new();
             for it in items {
-                groups.entry(group_key(&route.group_by, &it.finding)).or_default().push(it);
+                groups
+                    .entry(group_key(&route.group_by, &it.finding))
+                    .or_default()
+                    .push(it);
             }
             let mut ids: HashMap<String, String> = HashMap::new();
             for (gk, items) in groups {
@@ -216,11 +228,12 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
                     }
                 }
                 let items = fold_fleet_wide(items);
-                let digest_replies: Vec<String> = if items.iter().all(|i| i.trigger == Trigger::Resolved) {
-                    replies.clone()
-                } else {
-                    Vec::new()
-                };
+                let digest_replies: Vec<String> =
+                    if items.iter().all(|i| i.trigger == Trigger::Resolved) {
+                        replies.clone()
+                    } else {
+                        Vec::new()
+                    };
                 out.messages.push(Message::Digest(Digest {
                     title: title(&route.name, &gk, &items, &r.scan_id),
                     id,
@@ -278,14 +291,19 @@ fn group_key(fields: &[String], f: &Finding) -> String {
 
 /// Identical items on several nodes become one item listing the nodes; order: severity, rule or kind, node.
 pub fn fold_fleet_wide(items: Vec<AlertItem>) -> Vec<AlertItem> {
-    let mut by: BTreeMap<(String, String, String, String, String, String), AlertItem> = BTreeMap::new();
+    let mut by: BTreeMap<(String, String, String, String, String, String), AlertItem> =
+        BTreeMap::new();
     for it in items {
         let f = &it.finding;
         let k = (
             format!("{:?}", it.trigger),
             f.kind.to_string(),
             f.config.clone(),
-            if f.path.is_empty() { f.rule.clone().unwrap_or_default() } else { f.path.clone() },
+            if f.path.is_empty() {
+                f.rule.clone().unwrap_or_default()
+            } else {
+                f.path.clone()
+            },
             f.expected.to_string(),
             f.actual.to_string(),
         );
@@ -314,8 +332,16 @@ pub fn fold_fleet_wide(items: Vec<AlertItem>) -> Vec<AlertItem> {
             .cmp(&a.finding.severity)
             .then_with(|| (a.trigger == Trigger::Resolved).cmp(&(b.trigger == Trigger::Resolved)))
             .then_with(|| {
-                let ka = a.finding.rule.clone().unwrap_or_else(|| a.finding.kind.to_string());
-                let kb = b.finding.rule.clone().unwrap_or_else(|| b.finding.kind.to_string());
+                let ka = a
+                    .finding
+                    .rule
+                    .clone()
+                    .unwrap_or_else(|| a.finding.kind.to_string());
+                let kb = b
+                    .finding
+                    .rule
+                    .clone()
+                    .unwrap_or_else(|| b.finding.kind.to_string());
                 ka.cmp(&kb)
             })
             .then_with(|| a.finding.node.cmp(&b.finding.node))
@@ -329,7 +355,11 @@ fn title(route: &str, group: &str, items: &[AlertItem], scan_id: &str) -> String
         *counts.entry(it.trigger.as_str()).or_default() += 1;
     }
     let parts: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
-    let scope = if group.is_empty() { route.to_string() } else { format!("{route} {group}") };
+    let scope = if group.is_empty() {
+        route.to_string()
+    } else {
+        format!("{route} {group}")
+    };
     format!("plumb: {} ({scope}, scan {scan_id})", parts.join(", "))
 }
 
@@ -339,7 +369,16 @@ mod tests {
     use crate::finding::Finding;
 
     fn finding(node: &str, path: &str, sev: Severity) -> Finding {
-        let mut f = Finding::observed(Kind::Drift, sev, node, "caddy", path.into(), path, format!("{node} {path}"), "");
+        let mut f = Finding::observed(
+            Kind::Drift,
+            sev,
+            node,
+            "caddy",
+            path.into(),
+            path,
+            format!("{node} {path}"),
+            "",
+        );
         f.expected = serde_json::json!(1);
         f.actual = serde_json::json!(2);
         f
@@ -378,7 +417,11 @@ mod tests {
         fn new() -> World {
             World {
                 log: HashMap::new(),
-                sinks: [("chat".to_string(), SinkKind::Slack), ("gh".to_string(), SinkKind::Github)].into(),
+                sinks: [
+                    ("chat".to_string(), SinkKind::Slack),
+                    ("gh".to_string(), SinkKind::Github),
+                ]
+                .into(),
                 now: Utc::now(),
             }
         }
@@ -394,7 +437,10 @@ mod tests {
                 report_url: None,
             });
             for e in &p.log {
-                self.log.insert((e.route.clone(), e.sink.clone(), e.fingerprint.clone()), e.clone());
+                self.log.insert(
+                    (e.route.clone(), e.sink.clone(), e.fingerprint.clone()),
+                    e.clone(),
+                );
             }
             self.now += Duration::hours(1);
             p
@@ -431,14 +477,29 @@ mod tests {
         let p = w.run(&report(vec![f1.clone(), f2.clone(), low], vec![]), &route);
         let d = digests(&p);
         assert_eq!(d.len(), 1, "one digest for the chat sink");
-        assert_eq!(d[0].items.len(), 1, "the same drift on two nodes is one item");
-        assert_eq!(d[0].items[0].nodes, vec!["n1".to_string(), "n2".to_string()]);
-        assert_eq!(tickets(&p), vec![(TicketAction::Open, Trigger::Firing); 2], "one ticket per fingerprint");
+        assert_eq!(
+            d[0].items.len(),
+            1,
+            "the same drift on two nodes is one item"
+        );
+        assert_eq!(
+            d[0].items[0].nodes,
+            vec!["n1".to_string(), "n2".to_string()]
+        );
+        assert_eq!(
+            tickets(&p),
+            vec![(TicketAction::Open, Trigger::Firing); 2],
+            "one ticket per fingerprint"
+        );
         // Nothing changed: nothing is sent.
         let p = w.run(&report(vec![f1.clone(), f2.clone()], vec![]), &route);
         assert!(p.messages.is_empty(), "{:?}", p.messages);
         // n1 resolves: one resolution digest threaded under the first, and the ticket closes.
-        let first_id = w.log[&("oncall".to_string(), "chat".to_string(), f1.fingerprint.clone())]
+        let first_id = w.log[&(
+            "oncall".to_string(),
+            "chat".to_string(),
+            f1.fingerprint.clone(),
+        )]
             .message_id
             .clone();
         let p = w.run(&report(vec![f2.clone()], vec![f1.clone()]), &route);
@@ -460,11 +521,21 @@ mod tests {
         assert_eq!(digests(&p)[0].items[0].trigger, Trigger::Escalated);
         f.actual = serde_json::json!(3);
         let p = w.run(&report(vec![f.clone()], vec![]), &route);
-        assert!(digests(&p).is_empty(), "chat is not told about a changed value");
-        assert_eq!(tickets(&p), vec![(TicketAction::Comment, Trigger::ValueChanged)]);
+        assert!(
+            digests(&p).is_empty(),
+            "chat is not told about a changed value"
+        );
+        assert_eq!(
+            tickets(&p),
+            vec![(TicketAction::Comment, Trigger::ValueChanged)]
+        );
         w.run(&report(vec![f.clone()], vec![]), &route);
         let p = w.run(&report(vec![f.clone()], vec![]), &route);
-        assert_eq!(digests(&p)[0].items[0].trigger, Trigger::Reminder, "3 hours after the last send");
+        assert_eq!(
+            digests(&p)[0].items[0].trigger,
+            Trigger::Reminder,
+            "3 hours after the last send"
+        );
         // Not alertable (persistence gate, acknowledged): nothing.
         let mut g = finding("n9", "$.z", Severity::High);
         g.alertable = false;
@@ -482,10 +553,16 @@ mod tests {
         f.state = State::Reopened;
         let p = w.run(&report(vec![f.clone()], vec![]), &route);
         assert_eq!(digests(&p)[0].items[0].trigger, Trigger::Regression);
-        assert_eq!(tickets(&p), vec![(TicketAction::Reopen, Trigger::Regression)]);
+        assert_eq!(
+            tickets(&p),
+            vec![(TicketAction::Reopen, Trigger::Regression)]
+        );
         let mut other = finding("n2", "$.a", Severity::High);
         other.config = "sysctl".into();
         let p = w.run(&report(vec![f, other], vec![]), &route);
-        assert!(p.messages.is_empty(), "another config does not match the route");
+        assert!(
+            p.messages.is_empty(),
+            "another config does not match the route"
+        );
     }
 }

@@ -102,9 +102,16 @@ pub struct OutboxRow {
 #[derive(Debug, Clone)]
 pub enum OutboxUpdate {
     /// Delivered; tickets remember (sink, key, external id).
-    Sent { at: String, ticket: Option<(String, String, String)> },
+    Sent {
+        at: String,
+        ticket: Option<(String, String, String)>,
+    },
     /// Try again at `next_at`.
-    Retry { attempts: u32, next_at: String, error: String },
+    Retry {
+        attempts: u32,
+        next_at: String,
+        error: String,
+    },
     /// Given up: a dead letter.
     Dead { at: String, error: String },
 }
@@ -186,7 +193,8 @@ pub trait Store: Send {
     /// Remove history older than `before`, never what a live finding or a target's latest state points to.
     fn prune(&mut self, before: &str) -> Result<Pruned, StoreError>;
     /// Add messages to the outbox outside a scan (self-alerts, `plumb alerts test`).
-    fn enqueue(&mut self, messages: &[crate::notify::Message], now: &str) -> Result<(), StoreError>;
+    fn enqueue(&mut self, messages: &[crate::notify::Message], now: &str)
+    -> Result<(), StoreError>;
     /// The oldest pending item of every sink.
     fn outbox_heads(&mut self) -> Result<Vec<OutboxRow>, StoreError>;
     /// Pending items and dead letters.
@@ -197,5 +205,10 @@ pub trait Store: Send {
     fn ticket_id(&mut self, sink: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// Since when a sink fails (if it does), and whether that was alerted.
     fn sink_health(&mut self, sink: &str) -> Result<(Option<String>, bool), StoreError>;
-    fn set_sink_health(&mut self, sink: &str, failing_since: Option<&str>, alerted: bool) -> Result<(), StoreError>;
+    fn set_sink_health(
+        &mut self,
+        sink: &str,
+        failing_since: Option<&str>,
+        alerted: bool,
+    ) -> Result<(), StoreError>;
 }

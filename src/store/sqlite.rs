@@ -2,12 +2,12 @@
 //! `PRAGMA user_version` applied as numbered migrations inside a transaction.
 
 use super::{
-    BaselineVersion, FindingFilter, HistoryEntry, Memory, OutboxRow, OutboxUpdate, Pruned, ScanCommit, Store,
-    StoreError, Target,
+    BaselineVersion, FindingFilter, HistoryEntry, Memory, OutboxRow, OutboxUpdate, Pruned,
+    ScanCommit, Store, StoreError, Target,
 };
+use crate::lifecycle::{Ack, Record};
 use crate::notify::Message;
 use crate::notify::plan::LogEntry;
-use crate::lifecycle::{Ack, Record};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
@@ -140,12 +140,17 @@ impl SqliteStore {
     }
 }
 
-fn insert_outbox(tx: &rusqlite::Transaction<'_>, messages: &[Message], now: &str) -> rusqlite::Result<()> {
+fn insert_outbox(
+    tx: &rusqlite::Transaction<'_>,
+    messages: &[Message],
+    now: &str,
+) -> rusqlite::Result<()> {
     let mut st = tx.prepare_cached(
         "INSERT OR IGNORE INTO outbox (msg_id, sink, payload, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
     )?;
     for m in messages {
-        let payload = serde_json::to_string(m).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let payload = serde_json::to_string(m)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         st.execute(params![m.id(), m.sink(), payload, now])?;
     }
     Ok(())
@@ -171,8 +176,17 @@ impl SqliteStore {
             .map_err(|e| err(&self.path, e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, msg_id, sink, payload, status, attempts, next_attempt_at, last_error, created_at) =
-                row.map_err(|e| err(&self.path, e))?;
+            let (
+                id,
+                msg_id,
+                sink,
+                payload,
+                status,
+                attempts,
+                next_attempt_at,
+                last_error,
+                created_at,
+            ) = row.map_err(|e| err(&self.path, e))?;
             out.push(OutboxRow {
                 id,
                 msg_id,
@@ -464,7 +478,12 @@ impl Store for SqliteStore {
                 .map_err(e)?;
             for l in &scan.notify_log {
                 up_log
-                    .execute(params![l.route, l.sink, l.fingerprint, serde_json::to_string(l).map_err(json_err)?])
+                    .execute(params![
+                        l.route,
+                        l.sink,
+                        l.fingerprint,
+                        serde_json::to_string(l).map_err(json_err)?
+                    ])
                     .map_err(e)?;
             }
         }
@@ -510,7 +529,11 @@ impl Store for SqliteStore {
                     .map_err(e)?;
                 }
             }
-            OutboxUpdate::Retry { attempts, next_at, error } => {
+            OutboxUpdate::Retry {
+                attempts,
+                next_at,
+                error,
+            } => {
                 tx.execute(
                     "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
                     params![id, attempts, next_at, error],
@@ -552,7 +575,12 @@ impl Store for SqliteStore {
             .unwrap_or((None, false)))
     }
 
-    fn set_sink_health(&mut self, sink: &str, failing_since: Option<&str>, alerted: bool) -> Result<(), StoreError> {
+    fn set_sink_health(
+        &mut self,
+        sink: &str,
+        failing_since: Option<&str>,
+        alerted: bool,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "INSERT INTO sink_health (sink, failing_since, alerted) VALUES (?1, ?2, ?3) \
