@@ -29,6 +29,8 @@ pub struct TargetResult {
     pub baseline: Option<(Scope, PathBuf)>,
     /// The snapshot hash of the redacted live content, and the content itself when it changed since the last scan.
     pub snapshot: Option<(String, Option<String>)>,
+    /// How long the fetch took, retries included.
+    pub fetch_seconds: f64,
 }
 
 /// Evaluate one fetched (or failed) target against its baseline.
@@ -50,6 +52,7 @@ pub fn evaluate(
         document: None,
         baseline: None,
         snapshot: None,
+        fetch_seconds: 0.0,
     };
     let bytes = match fetched {
         Ok(b) => b,
@@ -255,6 +258,7 @@ pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
         document: None,
         baseline: None,
         snapshot: None,
+        fetch_seconds: 0.0,
     }
 }
 

@@ -221,14 +221,18 @@ impl Default for RawStore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
+    /// `/healthz`, `/readyz`, `/metrics`, `POST /scan`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Bearer token for `POST /scan` (required when `listen` is not a loopback address).
+    pub token: Option<String>,
 }
 
 impl Default for RawDaemon {
     fn default() -> Self {
         RawDaemon {
             listen: default_listen(),
+            token: None,
         }
     }
 }
@@ -406,7 +410,9 @@ pub struct Plan {
     pub configs: Vec<ConfigPlan>,
     pub baselines: BaselineSet,
     pub rules: crate::rules::RuleSet,
-    pub schedules: Vec<RawSchedule>,
+    pub schedules: Vec<crate::schedule::Schedule>,
+    /// `[daemon] token`: required for `POST /scan` when listening beyond loopback.
+    pub token: Option<String>,
     /// Redaction settings, validated (the key comes from the store).
     pub redact: crate::redact::RedactSettings,
     pub lifecycle: crate::lifecycle::Settings,
@@ -662,18 +668,84 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         }
     }
 
-    // Schedules: names unique, selectors well formed; cron syntax is the daemon's.
+    // Schedules: names unique, cron expressions, time zones and jitter valid.
     let mut sched_names = BTreeSet::new();
+    let mut schedules = Vec::new();
     for s in &raw.schedules {
+        let (l, col) = locate(&format!("\"{}\"", s.name));
         if !sched_names.insert(s.name.clone()) {
-            let (l, col) = locate(&format!("\"{}\"", s.name));
             errs.push(ConfigError::at(
                 path,
                 l,
                 col,
                 format!("schedule `{}` is defined twice", s.name),
             ));
+            continue;
         }
+        let jitter = match s.jitter.as_deref().map(parse_duration).transpose() {
+            Ok(j) => j,
+            Err(m) => {
+                errs.push(ConfigError::at(
+                    path,
+                    l,
+                    col,
+                    format!("schedule `{}`: jitter: {m}", s.name),
+                ));
+                continue;
+            }
+        };
+        match crate::schedule::Schedule::new(
+            &s.name,
+            &s.cron,
+            s.timezone.as_deref(),
+            Selector(s.nodes.clone().unwrap_or_default()),
+            jitter,
+        ) {
+            Ok(sc) => schedules.push(sc),
+            Err(m) => {
+                let (l2, c2) = locate(&s.cron);
+                errs.push(ConfigError::at(
+                    path,
+                    l2.or(l),
+                    c2.or(col),
+                    format!("schedule `{}`: {m}", s.name),
+                ));
+            }
+        }
+    }
+    let token = match &raw.daemon.token {
+        None => None,
+        Some(t) => match Template::parse(t, Allow::Secrets, r) {
+            Ok(t) => Some(t.render_plain()),
+            Err(m) => {
+                errs.push(ConfigError::at(
+                    path,
+                    locate("token").0,
+                    None,
+                    format!("[daemon] token: {m}"),
+                ));
+                None
+            }
+        },
+    };
+    match raw.daemon.listen.parse::<std::net::SocketAddr>() {
+        Err(_) => errs.push(ConfigError::at(
+            path,
+            locate("listen").0,
+            None,
+            format!(
+                "[daemon] listen `{}` is not host:port (an IP address and a port)",
+                raw.daemon.listen
+            ),
+        )),
+        Ok(a) if !a.ip().is_loopback() && token.is_none() => errs.push(ConfigError::at(
+            path,
+            locate("listen").0,
+            None,
+            "[daemon] listening beyond loopback needs `token` (a bearer token for POST /scan)"
+                .to_string(),
+        )),
+        Ok(_) => {}
     }
 
     // Sinks and routes.
@@ -803,7 +875,8 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         configs,
         baselines: baselines.unwrap_or_default(),
         rules: rules.unwrap_or_default(),
-        schedules: raw.schedules,
+        schedules,
+        token,
         redact: raw.redact,
         lifecycle,
         keep,

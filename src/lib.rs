@@ -22,6 +22,7 @@ pub mod cli;
 pub mod collect;
 pub mod compare;
 pub mod config;
+pub mod daemon;
 pub mod finding;
 pub mod inventory;
 pub mod lifecycle;

@@ -29,6 +29,18 @@ pub struct ScanOptions {
     pub keep_documents: bool,
     /// The redactor, previous snapshot hashes and superseded baselines.
     pub context: classify::Context,
+    /// Called with (done, total) as targets finish (the progress bar of `plumb audit` on a terminal).
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// A finished scan: the report plus per-target detail.
@@ -110,23 +122,31 @@ pub async fn run(
             let permit = sem.acquire_owned().await;
             let node = &plan.nodes[ni];
             let cfg = &plan.configs[ci];
+            let t0 = std::time::Instant::now();
             let fetched = collector
                 .fetch(&plan, cfg, node)
                 .await
                 .map_err(|e| e.to_string());
+            let fetch_seconds = t0.elapsed().as_secs_f64();
             drop(permit);
             // A panic in a parser must not sink the scan: it becomes an `invalid` finding for this target alone.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 classify::evaluate(&plan, node, cfg, fetched, &now, keep, &ctx)
             }))
-            .unwrap_or_else(|_| classify::crashed(node, cfg, &now))
+            .unwrap_or_else(|_| classify::crashed(node, cfg, &now));
+            r.fetch_seconds = fetch_seconds;
+            r
         });
     }
     let mut targets = Vec::with_capacity(targets_wanted.len());
+    let total = targets_wanted.len();
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(t) => targets.push(t),
-            Err(e) => eprintln!("plumb: a scan task failed: {e}"),
+            Err(e) => tracing::error!(error = %e, "a scan task failed"),
+        }
+        if let Some(p) = &opts.progress {
+            (p.0)(targets.len(), total);
         }
     }
     targets.sort_by(|a, b| (&a.node, &a.config).cmp(&(&b.node, &b.config)));

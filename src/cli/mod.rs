@@ -72,6 +72,30 @@ pub enum Command {
         #[arg(long, default_value = "30s")]
         notify_wait: String,
     },
+    /// The daemon: run every [[schedule]], deliver alerts, serve /healthz /readyz /metrics and POST /scan.
+    Run {
+        /// Run every schedule's scan once, deliver its alerts, and exit (for system cron or a Kubernetes CronJob).
+        #[arg(long)]
+        once: bool,
+        /// Log lines as text or JSON.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Rollout gate: poll the selected nodes until each matches its baseline and passes its rules.
+    Converge {
+        /// Which nodes: key=value[,key=value…] (default: all).
+        #[arg(long)]
+        nodes: Option<String>,
+        /// Give up after this long (exit 1).
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+        /// Time between polls.
+        #[arg(long, default_value = "15s")]
+        interval: String,
+        /// How many nodes may still be off when the gate opens.
+        #[arg(long, default_value_t = 0)]
+        max_unready: usize,
+    },
     /// Alert tools: test a sink, show the outbox.
     Alerts {
         #[command(subcommand)]
@@ -149,6 +173,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
     },
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `plumb alerts …`.
@@ -282,11 +313,29 @@ pub fn run(cli: Cli) -> Result<u8> {
             let plan = Arc::new(load(&cli.config)?);
             let mut store = memory::open(&plan, cli.store.as_deref())?;
             let rt = runtime()?;
-            let opts = ScanOptions {
+            let mut opts = ScanOptions {
                 selector,
                 ..Default::default()
             };
+            // A progress bar on a terminal only; never in pipes, files or CI logs.
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} scanning {pos}/{len} targets {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            if let Some(b) = bar.clone() {
+                opts.progress = Some(crate::scan::Progress(Arc::new(move |done, total| {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                })));
+            }
             let (output, queued) = memory::scan(&rt, plan.clone(), &mut store, opts, true, notify)?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
             print_report(&output.report, format, st)?;
             if notify {
                 let stats = memory::deliver(&rt, &plan, &mut store, wait)?;
@@ -408,6 +457,34 @@ pub fn run(cli: Cli) -> Result<u8> {
             out(&memory::unack(&mut store, &fingerprint)?)?;
             Ok(0)
         }
+        Command::Run { once, log_format } => {
+            init_logs(log_format);
+            let rt = runtime()?;
+            let opts = crate::daemon::Options {
+                store: cli.store.clone(),
+                once,
+                ..Default::default()
+            };
+            rt.block_on(crate::daemon::run(&cli.config, opts, shutdown_signal()))?;
+            Ok(0)
+        }
+        Command::Converge {
+            nodes,
+            timeout,
+            interval,
+            max_unready,
+        } => {
+            let selector = match &nodes {
+                Some(s) => Selector::parse(s).map_err(|e| anyhow!("--nodes: {e}"))?,
+                None => Selector::default(),
+            };
+            let timeout = crate::units::parse_duration(&timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
+            let interval = crate::units::parse_duration(&interval).map_err(|e| anyhow!("--interval: {e}"))?;
+            let plan = Arc::new(load(&cli.config)?);
+            let mut store = memory::open(&plan, cli.store.as_deref())?;
+            let rt = runtime()?;
+            converge(&rt, plan, &mut store, selector, timeout, interval, max_unready)
+        }
         Command::Alerts { command } => {
             let plan = load(&cli.config)?;
             let mut store = memory::open(&plan, cli.store.as_deref())?;
@@ -491,6 +568,104 @@ fn st_ok(st: Style, ok: bool) -> String {
     } else {
         word.to_string()
     }
+}
+
+/// Logs through `tracing` on stderr; `RUST_LOG` filters (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut t) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `plumb converge`: exit 0 once at most `max_unready` selected nodes are off; 1 with the list on timeout.
+fn converge(
+    rt: &tokio::runtime::Runtime,
+    plan: Arc<Plan>,
+    store: &mut dyn crate::store::Store,
+    selector: Selector,
+    timeout: std::time::Duration,
+    interval: std::time::Duration,
+    max_unready: usize,
+) -> Result<u8> {
+    let start = std::time::Instant::now();
+    let mut poll = 0;
+    loop {
+        poll += 1;
+        let opts = ScanOptions {
+            selector: selector.clone(),
+            ..Default::default()
+        };
+        let (output, _) = memory::scan(rt, plan.clone(), store, opts, false, false)?;
+        let mut off: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        for f in &output.report.findings {
+            let why = match f.kind {
+                crate::finding::Kind::Drift | crate::finding::Kind::Regression => {
+                    format!("{} {} {}", f.config, f.kind, f.path)
+                }
+                crate::finding::Kind::Violation => {
+                    format!("{} violates {}", f.config, f.rule.as_deref().unwrap_or_default())
+                }
+                k => format!("{} {k}", f.config),
+            };
+            off.entry(f.node.clone()).or_default().push(why);
+        }
+        let total = output.report.nodes.total;
+        if total == 0 {
+            bail_code("no node matches the selector")?;
+        }
+        eprintln!(
+            "converge: poll {poll}: {}/{total} nodes match their baselines and rules",
+            total - off.len()
+        );
+        if off.len() <= max_unready {
+            out(&format!("converged: {}/{total} nodes ready after {:.1} s\n", total - off.len(), start.elapsed().as_secs_f64()))?;
+            return Ok(0);
+        }
+        if start.elapsed() + interval > timeout {
+            let mut text = format!(
+                "not converged after {:.0} s: {} of {total} nodes are off (at most {max_unready} allowed)\n",
+                start.elapsed().as_secs_f64(),
+                off.len()
+            );
+            for (node, why) in &off {
+                text.push_str(&format!("  {node}: {}\n", why.join("; ")));
+            }
+            out(&text)?;
+            return Ok(1);
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn bail_code(msg: &str) -> Result<()> {
+    Err(anyhow!("{msg}"))
 }
 
 fn print_report(r: &report::Report, format: OutputFormat, st: Style) -> Result<()> {

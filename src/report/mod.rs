@@ -441,6 +441,7 @@ mod tests {
             document: None,
             baseline: None,
             snapshot: None,
+            fetch_seconds: 0.0,
         };
         Report::build(t, t, 1, &[target])
     }

@@ -2,6 +2,10 @@
 //! and serve configs from the crate's own fleet simulator.
 #![allow(dead_code)]
 
+pub mod receiver;
+pub mod receiver_tickets;
+pub mod smtp;
+
 use plumb::sim::{Behavior, NodeSpec};
 use serde_json::Value;
 use std::collections::HashMap;
