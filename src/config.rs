@@ -1186,7 +1186,7 @@ fn build_sink(
             _ => true,
         };
         if !present {
-            return Err(format!("a {} sink needs `{key}`", raw.kind.as_str()));
+            return Err(format!("`{}` sinks need `{key}`", raw.kind.as_str()));
         }
     }
     let url = url.unwrap_or_default();

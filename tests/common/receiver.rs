@@ -99,8 +99,13 @@ pub struct Receiver {
 impl Receiver {
     /// Listen on 127.0.0.1:0 and answer with `script`.
     pub fn start(script: Vec<Answer>) -> Receiver {
+        Receiver::start_on("127.0.0.1:0", script)
+    }
+
+    /// Listen on `addr` (a sink that comes back on its old port) and answer with `script`.
+    pub fn start_on(addr: &str, script: Vec<Answer>) -> Receiver {
         assert!(!script.is_empty(), "a script needs at least one answer");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let listener = TcpListener::bind(addr).expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
         let seen = requests.clone();
