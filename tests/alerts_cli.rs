@@ -281,3 +281,57 @@ fn bad_sinks_and_routes_are_config_errors() {
         assert!(run.stderr.contains(what), "want {what}\n{run}");
     }
 }
+
+/// The SMTP server is down during a scan, plumb is restarted, the server comes back: every alert is delivered,
+/// in order, to a real SMTP server (aiosmtpd, over STARTTLS with a verified certificate).
+#[test]
+fn smtp_down_during_a_scan_then_back_after_a_restart_delivers_everything_in_order() {
+    use common::smtp::{Mode, Pki, SmtpServer, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("outbox");
+    let port = free_port();
+    let chat = Receiver::start(vec![Answer::status(200)]);
+    project(dir.path(), &chat.url("/hook"), &chat.url("/slack"));
+    let base = std::fs::read_to_string(dir.path().join("plumb.toml")).unwrap();
+    let toml = format!(
+        "{base}\n[[sink]]\nname = \"mail\"\ntype = \"email\"\nurl = \"smtp://localhost:{port}\"\nfrom = \"plumb@example.org\"\nto = [\"oncall@example.org\"]\nca = \"ca.pem\"\ntimeout = \"3s\"\n\n[[route]]\nname = \"mail\"\nsinks = [\"mail\"]\n"
+    );
+    write_tree(
+        dir.path(),
+        &[("plumb.toml", &toml), ("ca.pem", &pki.ca_pem)],
+    );
+
+    // Scan 1 fires, scan 2 resolves n1: both mails wait in the outbox while nothing listens on the port.
+    let run = plumb(dir.path(), &["audit", "--notify", "--notify-wait", "1s"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("sink mail failing"), "{run}");
+    write_tree(dir.path(), &[("live/n1.json", r#"{"port": 443}"#)]);
+    plumb(dir.path(), &["audit", "--notify", "--notify-wait", "1s"]).expect_code(1);
+    let out = plumb(dir.path(), &["alerts", "outbox"]);
+    assert!(out.stdout.contains("2 pending"), "{out}");
+
+    // The server is back; a fresh plumb process delivers both, the resolution threaded under the alert.
+    let smtp = SmtpServer::start_on(Mode::StartTls, Some(&pki), port);
+    let run = plumb(dir.path(), &["alerts", "flush", "--wait", "40s"]);
+    run.expect_code(0);
+    let mails = smtp.wait_mails(2);
+    let first_id = mails[0].header("Message-ID").to_string();
+    assert!(
+        mails[0].header("Subject").contains("firing"),
+        "{:?}",
+        mails[0].headers
+    );
+    assert!(
+        mails[1].header("Subject").contains("resolved"),
+        "{:?}",
+        mails[1].headers
+    );
+    assert_eq!(
+        mails[1].header("In-Reply-To"),
+        first_id,
+        "the resolution threads under the alert"
+    );
+    assert!(mails[0].part("text/plain").contains("$.port"));
+    let out = plumb(dir.path(), &["alerts", "outbox"]);
+    assert!(out.stdout.contains("0 pending, 0 dead letters"), "{out}");
+}

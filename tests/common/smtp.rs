@@ -192,10 +192,14 @@ print(json.dumps(out))
 impl SmtpServer {
     /// `python -m aiosmtpd` with the Mailbox handler, listening on a free loopback port.
     pub fn start(mode: Mode, pki: Option<&Pki>) -> SmtpServer {
+        SmtpServer::start_on(mode, pki, free_port())
+    }
+
+    /// The same on a given port (a server that comes back where it was).
+    pub fn start_on(mode: Mode, pki: Option<&Pki>, port: u16) -> SmtpServer {
         let dir = tempfile::tempdir().expect("tempdir");
         // aiosmtpd's Mailbox creates the Maildir; an existing empty directory would make DATA fail.
         let maildir = dir.path().join("maildir");
-        let port = free_port();
         let mut cmd = Command::new(python());
         cmd.args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"));
