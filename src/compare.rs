@@ -453,129 +453,69 @@ impl Walk<'_, '_> {
     ) {
         let eh: Vec<String> = ea.iter().map(Value::to_string).collect();
         let ah: Vec<String> = aa.iter().map(Value::to_string).collect();
-        let ops = similar::capture_diff_slices(Algorithm::Myers, &eh, &ah);
-        for op in ops {
-            match op {
-                DiffOp::Equal { .. } => {}
-                DiffOp::Delete {
-                    old_index, old_len, ..
-                } => {
-                    for i in old_index..old_index + old_len {
-                        le.push(Seg::Index(i));
-                        self.push(
-                            format!("{path}[{i}]"),
-                            Change::Removed,
-                            Some(&ea[i]),
-                            None,
-                            le,
-                            la,
-                        );
-                        le.pop();
-                    }
+        for step in align(&eh, &ah, subset) {
+            match step {
+                Step::Pair(i, j) => {
+                    le.push(Seg::Index(i));
+                    la.push(Seg::Index(j));
+                    self.diff(&ea[i], &aa[j], format!("{path}[{j}]"), le, la);
+                    le.pop();
+                    la.pop();
                 }
-                DiffOp::Insert {
-                    new_index, new_len, ..
-                } => {
-                    if subset {
-                        continue;
-                    }
-                    for j in new_index..new_index + new_len {
-                        la.push(Seg::Index(j));
-                        self.push(
-                            format!("{path}[{j}]"),
-                            Change::Added,
-                            None,
-                            Some(&aa[j]),
-                            le,
-                            la,
-                        );
-                        la.pop();
-                    }
+                Step::Removed(i) => {
+                    le.push(Seg::Index(i));
+                    self.push(
+                        format!("{path}[{i}]"),
+                        Change::Removed,
+                        Some(&ea[i]),
+                        None,
+                        le,
+                        la,
+                    );
+                    le.pop();
                 }
-                DiffOp::Replace {
-                    old_index,
-                    old_len,
-                    new_index,
-                    new_len,
-                } => {
-                    let paired = old_len.min(new_len);
-                    for k in 0..paired {
-                        let (i, j) = (old_index + k, new_index + k);
-                        le.push(Seg::Index(i));
-                        la.push(Seg::Index(j));
-                        self.diff(&ea[i], &aa[j], format!("{path}[{j}]"), le, la);
-                        le.pop();
-                        la.pop();
-                    }
-                    for i in old_index + paired..old_index + old_len {
-                        le.push(Seg::Index(i));
-                        self.push(
-                            format!("{path}[{i}]"),
-                            Change::Removed,
-                            Some(&ea[i]),
-                            None,
-                            le,
-                            la,
-                        );
-                        le.pop();
-                    }
-                    if !subset {
-                        for j in new_index + paired..new_index + new_len {
-                            la.push(Seg::Index(j));
-                            self.push(
-                                format!("{path}[{j}]"),
-                                Change::Added,
-                                None,
-                                Some(&aa[j]),
-                                le,
-                                la,
-                            );
-                            la.pop();
-                        }
-                    }
+                Step::Added(j) => {
+                    la.push(Seg::Index(j));
+                    self.push(
+                        format!("{path}[{j}]"),
+                        Change::Added,
+                        None,
+                        Some(&aa[j]),
+                        le,
+                        la,
+                    );
+                    la.pop();
                 }
             }
         }
     }
 }
 
-/// A line diff for text documents: one difference per changed, added or removed line (`line N`, 1-based; live
-/// numbering for changed and added lines, baseline numbering for removed ones).
-fn line_diff(e: &[String], a: &[String], mode: Mode, out: &mut Vec<Difference>) {
-    let subset = mode == Mode::Subset;
-    let ops = similar::capture_diff_slices(Algorithm::Myers, e, a);
-    let line = |s: &String| Some(Value::String(s.clone()));
-    let mut push = |path: String, change, expected, actual| {
-        out.push(Difference {
-            path,
-            change,
-            expected,
-            actual,
-            severity: None,
-        })
-    };
-    for op in ops {
+/// One step of aligning two sequences.
+enum Step {
+    /// Element `i` of the old side stands against element `j` of the new side (they may differ).
+    Pair(usize, usize),
+    /// Only in the old side.
+    Removed(usize),
+    /// Only in the new side (never yielded in subset mode).
+    Added(usize),
+}
+
+/// Align two sequences by a longest-common-subsequence diff (Myers): equal runs are skipped, a replaced run pairs
+/// its elements in order and the rest of the longer side is removed or added.
+fn align<T: Eq + std::hash::Hash + Ord>(old: &[T], new: &[T], subset: bool) -> Vec<Step> {
+    let mut out = Vec::new();
+    for op in similar::capture_diff_slices(Algorithm::Myers, old, new) {
         match op {
             DiffOp::Equal { .. } => {}
             DiffOp::Delete {
                 old_index, old_len, ..
-            } => {
-                for i in old_index..old_index + old_len {
-                    push(
-                        format!("line {}", i + 1),
-                        Change::Removed,
-                        line(&e[i]),
-                        None,
-                    );
-                }
-            }
+            } => out.extend((old_index..old_index + old_len).map(Step::Removed)),
             DiffOp::Insert {
                 new_index, new_len, ..
             } => {
                 if !subset {
-                    for j in new_index..new_index + new_len {
-                        push(format!("line {}", j + 1), Change::Added, None, line(&a[j]));
-                    }
+                    out.extend((new_index..new_index + new_len).map(Step::Added));
                 }
             }
             DiffOp::Replace {
@@ -585,29 +525,34 @@ fn line_diff(e: &[String], a: &[String], mode: Mode, out: &mut Vec<Difference>) 
                 new_len,
             } => {
                 let paired = old_len.min(new_len);
-                for k in 0..paired {
-                    push(
-                        format!("line {}", new_index + k + 1),
-                        Change::Changed,
-                        line(&e[old_index + k]),
-                        line(&a[new_index + k]),
-                    );
-                }
-                for i in old_index + paired..old_index + old_len {
-                    push(
-                        format!("line {}", i + 1),
-                        Change::Removed,
-                        line(&e[i]),
-                        None,
-                    );
-                }
+                out.extend((0..paired).map(|k| Step::Pair(old_index + k, new_index + k)));
+                out.extend((old_index + paired..old_index + old_len).map(Step::Removed));
                 if !subset {
-                    for j in new_index + paired..new_index + new_len {
-                        push(format!("line {}", j + 1), Change::Added, None, line(&a[j]));
-                    }
+                    out.extend((new_index + paired..new_index + new_len).map(Step::Added));
                 }
             }
         }
+    }
+    out
+}
+
+/// A line diff for text documents: one difference per changed, added or removed line (`line N`, 1-based; live
+/// numbering for changed and added lines, baseline numbering for removed ones).
+fn line_diff(e: &[String], a: &[String], mode: Mode, out: &mut Vec<Difference>) {
+    let line = |s: &String| Some(Value::String(s.clone()));
+    for step in align(e, a, mode == Mode::Subset) {
+        let (path, change, expected, actual) = match step {
+            Step::Pair(i, j) => (j + 1, Change::Changed, line(&e[i]), line(&a[j])),
+            Step::Removed(i) => (i + 1, Change::Removed, line(&e[i]), None),
+            Step::Added(j) => (j + 1, Change::Added, None, line(&a[j])),
+        };
+        out.push(Difference {
+            path: format!("line {path}"),
+            change,
+            expected,
+            actual,
+            severity: None,
+        });
     }
 }
 

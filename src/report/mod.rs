@@ -129,20 +129,6 @@ impl Report {
                 });
             }
         }
-        findings.sort_by(|a, b| {
-            (&a.node, &a.config, a.kind, &a.path).cmp(&(&b.node, &b.config, b.kind, &b.path))
-        });
-        let mut summary = Summary {
-            total: findings.len(),
-            ..Default::default()
-        };
-        for f in &findings {
-            *summary.by_kind.entry(f.kind.to_string()).or_default() += 1;
-            *summary
-                .by_severity
-                .entry(f.severity.to_string())
-                .or_default() += 1;
-        }
         let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let id_hash =
             blake3::hash(format!("{}{:?}", fmt(started), std::time::Instant::now()).as_bytes());
