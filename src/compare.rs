@@ -5,8 +5,6 @@
 //! (`name`, `id`, or one named in baseline.toml) are matched by that key; other arrays are aligned by a
 //! longest-common-subsequence diff, so one inserted element is one difference, not a cascade.
 
-// Diff ops hand out index ranges that name both a value and its path; indexing reads clearer than zips.
-#![allow(clippy::needless_range_loop)]
 
 use crate::finding::{Change, Severity};
 use crate::normalize::Document;
