@@ -327,16 +327,7 @@ fn load_config_dir(
                 )),
                 Ok(text) => match toml::from_str::<RawCompare>(&text) {
                     Err(e) => {
-                        let (l, c) = e
-                            .span()
-                            .map(|s| line_col(&text, s.start))
-                            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-                        errs.push(ConfigError::at(
-                            &path,
-                            l,
-                            c,
-                            e.message().trim_end().to_string(),
-                        ));
+                        errs.push(ConfigError::from_toml(&path, &text, &e));
                     }
                     Ok(raw) => {
                         let mut e = |needle: &str, m: String| {

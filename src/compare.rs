@@ -5,7 +5,6 @@
 //! (`name`, `id`, or one named in baseline.toml) are matched by that key; other arrays are aligned by a
 //! longest-common-subsequence diff, so one inserted element is one difference, not a cascade.
 
-
 use crate::finding::{Change, Severity};
 use crate::normalize::Document;
 use regex::Regex;

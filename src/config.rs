@@ -44,6 +44,17 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// A TOML parse error of `file`, placed at its span.
+    pub fn from_toml(file: &Path, text: &str, e: &toml::de::Error) -> Self {
+        let (l, c) = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        ConfigError::at(file, l, c, e.message().trim_end().to_string())
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -469,18 +480,8 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
 
 /// Load from text already read; `root` is where relative paths point.
 pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Result<Plan, LoadError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let (l, c) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        LoadError(vec![ConfigError::at(
-            path,
-            l,
-            c,
-            e.message().trim_end().to_string(),
-        )])
-    })?;
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|e| LoadError(vec![ConfigError::from_toml(path, text, &e)]))?;
     let mut errs = Vec::new();
     // Locate a needle in the raw text for errors that serde cannot place.
     let locate = |needle: &str| -> (Option<usize>, Option<usize>) {

@@ -179,16 +179,7 @@ pub fn load_dir(dir: &Path, configs: &[(String, bool)]) -> Result<RuleSet, Vec<C
         let raw: RawFile = match toml::from_str(&text) {
             Ok(r) => r,
             Err(e) => {
-                let (l, c) = e
-                    .span()
-                    .map(|s| line_col(&text, s.start))
-                    .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-                errs.push(ConfigError::at(
-                    &f,
-                    l,
-                    c,
-                    e.message().trim_end().to_string(),
-                ));
+                errs.push(ConfigError::from_toml(&f, &text, &e));
                 continue;
             }
         };
