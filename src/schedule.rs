@@ -78,6 +78,13 @@ impl Schedule {
             .map(|t| t.with_timezone(&Utc))
     }
 
+    /// The first fire strictly after `after`, jitter included: the fire of a cron time at or before `after` whose
+    /// jittered moment is still ahead counts, so a jittered run is never lost to another schedule firing first.
+    pub fn next_fire(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let j = chrono::Duration::from_std(self.jitter_offset()).unwrap_or_default();
+        self.next_after(after - j).map(|t| t + j)
+    }
+
     /// This schedule's fixed jitter offset.
     pub fn jitter_offset(&self) -> Duration {
         if self.jitter.is_zero() {
@@ -206,6 +213,29 @@ mod tests {
         let mut dedup = got.clone();
         dedup.dedup();
         assert_eq!(got, dedup);
+    }
+
+    #[test]
+    fn a_jittered_fire_is_not_lost_when_another_schedule_fires_first() {
+        let s = Schedule::new(
+            "edge",
+            "*/5 * * * *",
+            None,
+            Selector::default(),
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        let j = chrono::Duration::from_std(s.jitter_offset()).unwrap();
+        assert!(j > chrono::Duration::zero(), "this name has a jitter");
+        // Another schedule fired at 10:05:00 exactly; this one's 10:05 run is still ahead, at 10:05 + jitter.
+        let t = at(chrono_tz::UTC, 2026, 1, 1, 10, 5);
+        assert_eq!(s.next_fire(t), Some(t + j));
+        assert_eq!(
+            s.next_fire(t + j),
+            Some(t + chrono::Duration::minutes(5) + j)
+        );
+        let plain = Schedule::new("p", "*/5 * * * *", None, Selector::default(), None).unwrap();
+        assert_eq!(plain.next_fire(t), plain.next_after(t));
     }
 
     #[test]

@@ -465,7 +465,11 @@ pub fn run(cli: Cli) -> Result<u8> {
                 once,
                 ..Default::default()
             };
-            rt.block_on(crate::daemon::run(&cli.config, opts, shutdown_signal()))?;
+            rt.block_on(async {
+                // Caught from before start-up on: a SIGTERM while the config loads is a clean stop, not a kill.
+                let stop = shutdown_signal();
+                crate::daemon::run(&cli.config, opts, stop).await
+            })?;
             Ok(0)
         }
         Command::Converge {
@@ -581,26 +585,34 @@ fn init_logs(format: LogFormat) {
     };
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called (inside the runtime), not when the future is
+/// first polled: until then either signal's default action would end the process with no clean stop.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        match term {
-            Ok(mut t) => {
-                tokio::select! {
-                    _ = t.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async fn recv(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
                 }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        }
+        async move {
+            tokio::select! {
+                _ = recv(term) => {}
+                _ = recv(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

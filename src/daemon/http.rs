@@ -50,7 +50,7 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
         },
         "schedules": plan.schedules.iter().map(|sc| serde_json::json!({
             "name": sc.name, "cron": sc.expr, "timezone": sc.tz.name(),
-            "next": sc.next_after(chrono::Utc::now()).map(|t| t.to_rfc3339()),
+            "next": sc.next_fire(chrono::Utc::now()).map(|t| t.to_rfc3339()),
             "running": running.contains(&sc.name),
         })).collect::<Vec<_>>(),
     });

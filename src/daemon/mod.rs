@@ -178,9 +178,16 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
     let scheduler = tokio::spawn(scheduler(shared.clone(), stop_rx.clone()));
+    // SIGHUP is caught from here on (registered before the daemon reports ready), not when the task first runs:
+    // until then its default action would end the process.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup = None;
     let watcher = tokio::spawn(watch(
         shared.clone(),
         stop_rx.clone(),
+        hup,
         opts.watch_interval.unwrap_or(Duration::from_secs(2)),
     ));
     let dispatcher = tokio::spawn(dispatch_loop(shared.clone(), stop_rx.clone()));
@@ -222,14 +229,7 @@ async fn scheduler(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
             .schedules
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| {
-                s.next_after(last).map(|t| {
-                    (
-                        t + chrono::Duration::from_std(s.jitter_offset()).unwrap_or_default(),
-                        i,
-                    )
-                })
-            })
+            .filter_map(|(i, s)| s.next_fire(last).map(|t| (t, i)))
             .collect();
         next.sort();
         let Some(&(when, _)) = next.first() else {
@@ -438,9 +438,13 @@ fn config_mtime(config_path: &Path) -> Option<SystemTime> {
 
 /// Reload on SIGHUP or when a file changed. A bad configuration is rejected whole: the daemon keeps its last good
 /// one, logs every `file:line`, shows it in `/healthz` and `/metrics`, and raises a self-alert.
-async fn watch(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>, every: Duration) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+async fn watch(
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    #[cfg(unix)] mut hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] _hup: Option<()>,
+    every: Duration,
+) {
     let mut seen = config_mtime(&shared.config_path);
     loop {
         #[cfg(unix)]
