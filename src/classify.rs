@@ -4,14 +4,18 @@
 //! nothing about its content is invented.
 
 use crate::baseline::Scope;
+use crate::collect::{Fetched, Validators};
 use crate::compare::{self, Difference};
 use crate::config::{ConfigPlan, Plan};
-use crate::finding::{Change, Finding, Kind, Severity, fingerprint};
+use crate::finding::{Change, Finding, Kind, Severity, State, fingerprint};
 use crate::inventory::Node;
+use crate::lifecycle::Record;
 use crate::normalize::Document;
 use crate::rules::{CelCache, Input, Outcome};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What a scan learned about one config of one node.
 #[derive(Debug, Clone)]
@@ -31,6 +35,180 @@ pub struct TargetResult {
     pub snapshot: Option<(String, Option<String>)>,
     /// How long the fetch took, retries included.
     pub fetch_seconds: f64,
+    /// A warm result: the body, baseline and rules are those of the last evaluation (or the node answered
+    /// `304 Not Modified`), so normalize, compare and rules were skipped and the last findings stand.
+    pub unchanged: bool,
+    /// The input key to remember for this target: set after a full evaluation of read content (`None` there
+    /// forgets the old key); on a warm result, set only when the node's validators changed.
+    pub input: Option<InputMemo>,
+}
+
+/// What produced a target's last findings: the key of a warm scan. When a target's next fetch gives the same
+/// body hash under the same context hash, its findings cannot differ, and the scan reuses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputMemo {
+    /// blake3 of the raw fetched body.
+    pub body: [u8; 32],
+    /// blake3 of everything else that shapes the findings: see [`InputDigests::context`].
+    pub context: [u8; 32],
+    /// The node's `ETag` / `Last-Modified` for that body: the next fetch is conditional.
+    pub validators: Validators,
+    /// The unified diff baseline → live of that evaluation (a warm report shows it again).
+    pub unified: String,
+}
+
+/// Digests of what shapes an evaluation besides the fetched body, computed once per scan: per config its
+/// normalize/compare settings with `[redact]` and plumb's version, per baseline file its content and its superseded
+/// versions (regressions by value look at those).
+#[derive(Debug, Clone, Default)]
+pub struct InputDigests {
+    configs: HashMap<String, [u8; 32]>,
+    baselines: HashMap<PathBuf, [u8; 32]>,
+    /// Per config: the digest of its rules that apply to every node, and the indices of those with a selector.
+    rules: HashMap<String, ([u8; 32], Vec<usize>)>,
+}
+
+/// Hash length-prefixed parts, so that field boundaries count.
+fn put(h: &mut blake3::Hasher, part: &[u8]) {
+    h.update(&(part.len() as u64).to_le_bytes());
+    h.update(part);
+}
+
+impl InputDigests {
+    /// Digests for `plan`; `versions` are the store's baseline versions (current and superseded, as
+    /// [`crate::store::Store::record_baselines`] returns them).
+    pub fn new(plan: &Plan, versions: &[crate::store::BaselineVersion]) -> InputDigests {
+        let mut configs = HashMap::new();
+        for c in &plan.configs {
+            let mut h = blake3::Hasher::new();
+            put(&mut h, b"plumb input v1");
+            put(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+            put(&mut h, c.name.as_bytes());
+            put(&mut h, format!("{:?}", c.normalizer).as_bytes());
+            put(&mut h, format!("{:?}", c.compare).as_bytes());
+            put(&mut h, format!("{:?}", plan.redact).as_bytes());
+            configs.insert(c.name.clone(), *h.finalize().as_bytes());
+        }
+        let mut rules = HashMap::new();
+        for c in &plan.configs {
+            let mut always = blake3::Hasher::new();
+            let mut selective = Vec::new();
+            for (i, r) in plan.rules.rules.iter().enumerate() {
+                if r.config != c.name {
+                    continue;
+                }
+                if r.selector.0.is_empty() {
+                    always.update(&r.digest);
+                } else {
+                    selective.push(i);
+                }
+            }
+            rules.insert(c.name.clone(), (*always.finalize().as_bytes(), selective));
+        }
+        let mut by_file: HashMap<PathBuf, Vec<&crate::store::BaselineVersion>> = HashMap::new();
+        for v in versions {
+            by_file.entry(plan.root.join(&v.file)).or_default().push(v);
+        }
+        let mut baselines = HashMap::new();
+        for (path, mut list) in by_file {
+            list.sort_by(|a, b| (&a.hash, &a.superseded_at).cmp(&(&b.hash, &b.superseded_at)));
+            let mut h = blake3::Hasher::new();
+            for v in list {
+                put(&mut h, v.hash.as_bytes());
+                put(
+                    &mut h,
+                    v.superseded_at.as_deref().unwrap_or("current").as_bytes(),
+                );
+            }
+            baselines.insert(path, *h.finalize().as_bytes());
+        }
+        InputDigests {
+            configs,
+            baselines,
+            rules,
+        }
+    }
+
+    /// The context half of a target's input key: the config's settings, the node (name, labels, vars: they
+    /// choose and fill the baseline and appear in messages), the baseline file that applies (or none) and the
+    /// rules that apply. `None` when something is not known to this set (then the target is always evaluated).
+    pub fn context(&self, plan: &Plan, cfg: &ConfigPlan, node: &Node) -> Option<[u8; 32]> {
+        let mut h = blake3::Hasher::new();
+        h.update(self.configs.get(&cfg.name)?);
+        put(&mut h, node.name.as_bytes());
+        for map in [&node.labels, &node.vars] {
+            h.update(&(map.len() as u64).to_le_bytes());
+            for (k, v) in map {
+                put(&mut h, k.as_bytes());
+                put(&mut h, v.as_bytes());
+            }
+        }
+        match plan
+            .baselines
+            .configs
+            .get(&cfg.name)
+            .and_then(|c| c.resolve(node))
+        {
+            Some((_, file)) => {
+                put(&mut h, b"baseline");
+                h.update(self.baselines.get(&file.path)?);
+            }
+            None => put(&mut h, b"no baseline"),
+        }
+        // The rules that apply: those for every node (one digest, computed once), then those whose selector
+        // matches this node.
+        let (always, selective) = self.rules.get(&cfg.name)?;
+        h.update(always);
+        for &i in selective {
+            let rule = plan.rules.rules.get(i)?;
+            if rule.selector.matches(node) {
+                h.update(&rule.digest);
+            }
+        }
+        Some(*h.finalize().as_bytes())
+    }
+}
+
+/// The findings each target's last evaluation observed, from the store's records: those present, minus what a
+/// fetch failure or unparseable content added since (an unchanged body is neither unreachable nor invalid), with
+/// the lifecycle's fields reset as for a new observation.
+pub fn observations(records: &HashMap<String, Record>) -> HashMap<(String, String), Vec<Finding>> {
+    let mut out: HashMap<(String, String), Vec<Finding>> = HashMap::new();
+    let mut list: Vec<&Record> = records.values().filter(|r| r.present).collect();
+    list.sort_by(|a, b| a.finding.fingerprint.cmp(&b.finding.fingerprint));
+    for r in list {
+        let f = &r.finding;
+        let fetch_problem =
+            r.base_kind == Kind::Unreachable || (r.base_kind == Kind::Invalid && f.rule.is_none());
+        if fetch_problem {
+            continue;
+        }
+        let mut f = f.clone();
+        f.state = State::New;
+        f.fixed_at = None;
+        f.initial = false;
+        f.alertable = true;
+        f.ack = None;
+        out.entry((f.node.clone(), f.config.clone()))
+            .or_default()
+            .push(f);
+    }
+    out
+}
+
+/// The stored input key of `target` when a warm result is possible: the caller does not need the document, the
+/// context is known and equal to the stored one, and the last snapshot is known.
+pub fn reusable<'a>(
+    ctx: &'a Context,
+    target: &(String, String),
+    context: Option<[u8; 32]>,
+    keep_document: bool,
+) -> Option<&'a InputMemo> {
+    let key = context?;
+    if keep_document || !matches!(ctx.previous.get(target), Some(Some(_))) {
+        return None;
+    }
+    ctx.inputs.get(target).filter(|m| m.context == key)
 }
 
 /// Evaluate one fetched (or failed) target against its baseline.
@@ -43,6 +221,30 @@ pub fn evaluate(
     keep_document: bool,
     ctx: &Context,
 ) -> TargetResult {
+    let context = ctx
+        .digests
+        .as_ref()
+        .and_then(|d| d.context(plan, cfg, node));
+    let fetched = fetched.map(|bytes| Fetched::Body {
+        bytes,
+        validators: Validators::default(),
+    });
+    evaluate_fetched(plan, node, cfg, fetched, now, keep_document, ctx, context)
+}
+
+/// Evaluate one fetch outcome: a warm result when the body (or a `304 Not Modified`) and `context` match the
+/// stored input key, the full path otherwise. `context` is [`InputDigests::context`] for this target.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_fetched(
+    plan: &Plan,
+    node: &Node,
+    cfg: &ConfigPlan,
+    fetched: Result<Fetched, String>,
+    now: &str,
+    keep_document: bool,
+    ctx: &Context,
+    context: Option<[u8; 32]>,
+) -> TargetResult {
     let mut r = TargetResult {
         node: node.name.clone(),
         config: cfg.name.clone(),
@@ -53,8 +255,27 @@ pub fn evaluate(
         baseline: None,
         snapshot: None,
         fetch_seconds: 0.0,
+        unchanged: false,
+        input: None,
     };
-    let bytes = match fetched {
+    let target = (node.name.clone(), cfg.name.clone());
+    let memo = reusable(ctx, &target, context, keep_document);
+    let (bytes, validators) = match fetched {
+        Ok(Fetched::Body { bytes, validators }) => (Ok(bytes), validators),
+        Ok(Fetched::NotModified { validators }) => match memo {
+            Some(m) => return warm(plan, node, cfg, now, ctx, &target, r, m, validators),
+            // Only asked conditionally with a usable key; a 304 without one tells nothing.
+            None => (
+                Err(
+                    "HTTP status 304 (Not Modified) to a request plumb did not make conditional"
+                        .into(),
+                ),
+                validators,
+            ),
+        },
+        Err(e) => (Err(e), Validators::default()),
+    };
+    let bytes = match bytes {
         Ok(b) => b,
         Err(reason) => {
             r.findings.push(coverage(
@@ -67,6 +288,12 @@ pub fn evaluate(
             return r;
         }
     };
+    let body = *blake3::hash(&bytes).as_bytes();
+    if let Some(m) = memo
+        && m.body == body
+    {
+        return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+    }
     let mut live = match cfg.normalizer.normalize(&bytes) {
         Ok(d) => d,
         Err(e) => {
@@ -89,7 +316,6 @@ pub fn evaluate(
     }
     let text = live.canonical_text();
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
-    let target = (node.name.clone(), cfg.name.clone());
     let unchanged = ctx
         .previous
         .get(&target)
@@ -188,15 +414,77 @@ pub fn evaluate(
     if keep_document {
         r.document = Some(live);
     }
+    r.input = context.map(|context| InputMemo {
+        body,
+        context,
+        validators,
+        unified: r.unified.clone(),
+    });
     r
 }
 
-/// What a scan knows beyond the plan: the redactor, each target's last snapshot hash, superseded baselines.
+/// The warm result: the last evaluation's findings stand, observed now; the snapshot is unchanged.
+#[allow(clippy::too_many_arguments)]
+fn warm(
+    plan: &Plan,
+    node: &Node,
+    cfg: &ConfigPlan,
+    now: &str,
+    ctx: &Context,
+    target: &(String, String),
+    mut r: TargetResult,
+    memo: &InputMemo,
+    validators: Validators,
+) -> TargetResult {
+    r.read = true;
+    r.unchanged = true;
+    r.findings = ctx
+        .observed
+        .get(target)
+        .map(|list| {
+            list.iter()
+                .cloned()
+                .map(|mut f| {
+                    f.first_seen = now.to_string();
+                    f.last_seen = now.to_string();
+                    f
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    r.unified = memo.unified.clone();
+    r.baseline = plan
+        .baselines
+        .configs
+        .get(&cfg.name)
+        .and_then(|c| c.resolve(node))
+        .map(|(scope, f)| (scope, f.path.clone()));
+    r.snapshot = ctx
+        .previous
+        .get(target)
+        .cloned()
+        .flatten()
+        .map(|h| (h, None));
+    if validators != memo.validators {
+        r.input = Some(InputMemo {
+            validators,
+            ..memo.clone()
+        });
+    }
+    r
+}
+
+/// What a scan knows beyond the plan: the redactor, each target's last snapshot hash, superseded baselines, and
+/// for warm scans each target's stored input key, the findings its last evaluation observed, and the digests to
+/// compute this scan's keys with (`None`: every target is evaluated in full, nothing is remembered).
 #[derive(Debug, Clone, Default)]
 pub struct Context {
-    pub redactor: Option<std::sync::Arc<crate::redact::Redactor>>,
-    pub previous: std::sync::Arc<std::collections::HashMap<(String, String), Option<String>>>,
-    pub history: std::sync::Arc<crate::baseline::BaselineHistory>,
+    pub redactor: Option<Arc<crate::redact::Redactor>>,
+    pub previous: Arc<HashMap<(String, String), Option<String>>>,
+    pub history: Arc<crate::baseline::BaselineHistory>,
+    pub inputs: Arc<HashMap<(String, String), InputMemo>>,
+    pub observed: Arc<HashMap<(String, String), Vec<Finding>>>,
+    pub digests: Option<Arc<InputDigests>>,
 }
 
 /// The superseded baseline version `d`'s live value went back to, if any (newest first).
@@ -259,6 +547,8 @@ pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
         baseline: None,
         snapshot: None,
         fetch_seconds: 0.0,
+        unchanged: false,
+        input: None,
     }
 }
 
@@ -313,4 +603,251 @@ fn drift(d: Difference, node: &Node, cfg: &ConfigPlan, now: &str) -> Finding {
     f.expected = expected;
     f.actual = actual;
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Record;
+
+    /// A project with one node `n1` (file source), a baseline and a rule; `edit` changes files before loading.
+    fn project(edit: &[(&str, &str)]) -> (tempfile::TempDir, Plan) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = vec![
+            (
+                "plumb.toml",
+                "[[node]]\nname = \"n1\"\nvars = { port = \"80\" }\n\n[[config]]\nname = \"app\"\n\
+                 source.file = \"live/${node.name}.json\"\nformat = \"json\"\n",
+            ),
+            (
+                "baselines/app/default.json",
+                r#"{"port": 80, "name": "${node.name}"}"#,
+            ),
+            (
+                "rules/app.toml",
+                "[[rule]]\nid = \"port-low\"\nconfig = \"app\"\nseverity = \"high\"\npath = \"$.port\"\nle = 1024\n",
+            ),
+        ];
+        for (p, c) in edit {
+            files.retain(|(q, _)| q != p);
+            files.push((p, c));
+        }
+        for (p, c) in files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        let plan = crate::config::load(&dir.path().join("plumb.toml")).unwrap();
+        (dir, plan)
+    }
+
+    fn key(plan: &Plan) -> [u8; 32] {
+        let versions = plan.baselines.versions(&plan.root, None);
+        let d = InputDigests::new(plan, &versions);
+        d.context(plan, &plan.configs[0], &plan.nodes[0]).unwrap()
+    }
+
+    #[test]
+    fn the_context_key_is_stable_and_moves_with_what_shapes_findings() {
+        let (_d, base) = project(&[]);
+        let k = key(&base);
+        assert_eq!(
+            k,
+            key(&project(&[]).1),
+            "the same project gives the same key"
+        );
+        let changes: &[(&str, &str)] = &[
+            (
+                "baselines/app/default.json",
+                r#"{"port": 81, "name": "${node.name}"}"#,
+            ),
+            (
+                "rules/app.toml",
+                "[[rule]]\nid = \"port-low\"\nconfig = \"app\"\nseverity = \"high\"\npath = \"$.port\"\nle = 1000\n",
+            ),
+            (
+                "plumb.toml",
+                "[[node]]\nname = \"n1\"\nvars = { port = \"81\" }\n\n[[config]]\nname = \"app\"\n\
+                 source.file = \"live/${node.name}.json\"\nformat = \"json\"\n",
+            ),
+            (
+                "plumb.toml",
+                "[[node]]\nname = \"n1\"\nvars = { port = \"80\" }\n\n[[config]]\nname = \"app\"\n\
+                 source.file = \"live/${node.name}.json\"\nformat = \"json\"\nignore = [\"$.x\"]\n",
+            ),
+            (
+                "plumb.toml",
+                "[redact]\nkeys = [\"port\"]\n\n[[node]]\nname = \"n1\"\nvars = { port = \"80\" }\n\n\
+                 [[config]]\nname = \"app\"\nsource.file = \"live/${node.name}.json\"\nformat = \"json\"\n",
+            ),
+        ];
+        for (file, content) in changes {
+            let (_d, plan) = project(&[(file, content)]);
+            assert_ne!(
+                k,
+                key(&plan),
+                "editing {file} must change the key:\n{content}"
+            );
+        }
+        // No baseline at all is a context of its own.
+        let (_d, plan) = project(&[]);
+        let mut plan = plan;
+        plan.baselines.configs.clear();
+        assert_ne!(k, key(&plan));
+    }
+
+    #[test]
+    fn a_superseded_baseline_version_changes_the_key() {
+        let (_d, plan) = project(&[]);
+        let mut versions = plan.baselines.versions(&plan.root, None);
+        let k = InputDigests::new(&plan, &versions)
+            .context(&plan, &plan.configs[0], &plan.nodes[0])
+            .unwrap();
+        let mut old = versions[0].clone();
+        old.hash = "older".into();
+        old.superseded_at = Some("2026-01-01T00:00:00Z".into());
+        versions.push(old);
+        let k2 = InputDigests::new(&plan, &versions)
+            .context(&plan, &plan.configs[0], &plan.nodes[0])
+            .unwrap();
+        assert_ne!(k, k2, "regressions by value look at superseded versions");
+        // A baseline file the digests do not know: no key, always a full evaluation.
+        assert!(
+            InputDigests::new(&plan, &[])
+                .context(&plan, &plan.configs[0], &plan.nodes[0])
+                .is_none()
+        );
+    }
+
+    fn record(f: Finding) -> Record {
+        Record {
+            base_kind: f.kind,
+            present: true,
+            since: String::new(),
+            scans_seen: 1,
+            resolved_at: None,
+            changes: vec![],
+            flapping_since: None,
+            finding: f,
+        }
+    }
+
+    #[test]
+    fn a_warm_result_reuses_the_last_observations_and_a_new_body_is_evaluated() {
+        let (_d, plan) = project(&[]);
+        let (node, cfg) = (&plan.nodes[0], &plan.configs[0]);
+        let versions = plan.baselines.versions(&plan.root, None);
+        let digests = Arc::new(InputDigests::new(&plan, &versions));
+        let mut ctx = Context {
+            digests: Some(digests.clone()),
+            ..Default::default()
+        };
+        let body = br#"{"port": 2000, "name": "n1"}"#.to_vec();
+        let cold = evaluate(&plan, node, cfg, Ok(body.clone()), "t1", false, &ctx);
+        assert!(cold.read && !cold.unchanged);
+        let memo = cold.input.clone().expect("a full evaluation gives its key");
+        assert_eq!(memo.body, *blake3::hash(&body).as_bytes());
+        assert_eq!(cold.findings.len(), 2, "{:#?}", cold.findings); // drift on $.port, rule port-low
+        // What the store would hold after that scan: the findings present, plus an unreachable one from a later
+        // failed fetch (an unchanged body is never unreachable).
+        let mut records: HashMap<String, Record> = cold
+            .findings
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                f.state = State::Ongoing;
+                f.initial = true;
+                (f.fingerprint.clone(), record(f))
+            })
+            .collect();
+        let unreachable = coverage(Kind::Unreachable, node, cfg, "down".into(), "t2");
+        records.insert(unreachable.fingerprint.clone(), record(unreachable));
+        let target = (node.name.clone(), cfg.name.clone());
+        ctx.inputs = Arc::new(HashMap::from([(target.clone(), memo.clone())]));
+        ctx.observed = Arc::new(observations(&records));
+        ctx.previous = Arc::new(HashMap::from([(
+            target.clone(),
+            cold.snapshot.as_ref().map(|(h, _)| h.clone()),
+        )]));
+
+        let warm = evaluate(&plan, node, cfg, Ok(body.clone()), "t3", false, &ctx);
+        assert!(warm.read && warm.unchanged);
+        assert!(warm.input.is_none(), "nothing to rewrite");
+        assert_eq!(warm.unified, cold.unified);
+        assert_eq!(warm.baseline, cold.baseline);
+        assert_eq!(
+            warm.snapshot,
+            cold.snapshot.as_ref().map(|(h, _)| (h.clone(), None))
+        );
+        let strip = |list: &[Finding]| {
+            let mut v: Vec<_> = list
+                .iter()
+                .map(|f| {
+                    (
+                        f.fingerprint.clone(),
+                        f.kind,
+                        f.state,
+                        f.message.clone(),
+                        f.actual.clone(),
+                        f.initial,
+                    )
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(strip(&warm.findings), strip(&cold.findings));
+        assert!(warm.findings.iter().all(|f| f.last_seen == "t3"));
+
+        // A 304 is the same warm result, with the node's new validators remembered.
+        let v = Validators {
+            etag: Some("\"v2\"".into()),
+            last_modified: None,
+        };
+        let nm = evaluate_fetched(
+            &plan,
+            node,
+            cfg,
+            Ok(Fetched::NotModified {
+                validators: v.clone(),
+            }),
+            "t3",
+            false,
+            &ctx,
+            digests.context(&plan, cfg, node),
+        );
+        assert!(nm.unchanged);
+        assert_eq!(nm.input.map(|i| i.validators), Some(v));
+
+        // Another body, a document kept for `approve`, or a failed fetch: the full path.
+        let other = evaluate(
+            &plan,
+            node,
+            cfg,
+            Ok(br#"{"port": 80, "name": "n1"}"#.to_vec()),
+            "t4",
+            false,
+            &ctx,
+        );
+        assert!(other.read && !other.unchanged);
+        assert!(other.findings.is_empty(), "{:#?}", other.findings);
+        let kept = evaluate(&plan, node, cfg, Ok(body.clone()), "t4", true, &ctx);
+        assert!(!kept.unchanged && kept.document.is_some());
+        let failed = evaluate(&plan, node, cfg, Err("refused".into()), "t4", false, &ctx);
+        assert!(!failed.read && failed.findings[0].kind == Kind::Unreachable);
+        // A 304 without a usable key tells nothing: coverage incomplete, not a reuse.
+        let lost = evaluate_fetched(
+            &plan,
+            node,
+            cfg,
+            Ok(Fetched::NotModified {
+                validators: Validators::default(),
+            }),
+            "t4",
+            false,
+            &Context::default(),
+            None,
+        );
+        assert!(!lost.read && lost.findings[0].kind == Kind::Unreachable);
+    }
 }

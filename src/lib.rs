@@ -13,10 +13,12 @@
 //! - [`scan`]: one pass over a set of nodes: collect → normalize → compare → classify, concurrently.
 //! - [`report`]: human and JSON output, exit codes.
 //! - [`sim`]: a fleet of simulated nodes on loopback, for the demo, tests and benchmarks.
+//! - [`bench`]: `plumb bench`, plumb against the raw fetch limit at fleet scale (cold and warm scans).
 //! - [`cli`]: the `plumb` commands.
 #![forbid(unsafe_code)]
 
 pub mod baseline;
+pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod collect;

@@ -82,7 +82,7 @@ pub fn select(plan: &Plan, opts: &ScanOptions) -> Vec<(usize, usize)> {
 pub async fn run(
     plan: Arc<Plan>,
     collector: Arc<Collector>,
-    opts: ScanOptions,
+    mut opts: ScanOptions,
 ) -> Result<ScanOutput, ScanError> {
     if let Some(n) = &opts.node
         && plan.node(n).is_none()
@@ -113,25 +113,41 @@ pub async fn run(
 
     let sem = Arc::new(Semaphore::new(plan.scan.concurrency));
     let mut set = tokio::task::JoinSet::new();
+    // Shared by every task through one reference count each (cheap to clone at fleet scale).
+    let shared_ctx = Arc::new(std::mem::take(&mut opts.context));
+    let shared_now: Arc<str> = Arc::from(now.as_str());
     for (ni, ci) in targets_wanted.iter().copied() {
-        let (plan, collector, sem, now) =
-            (plan.clone(), collector.clone(), sem.clone(), now.clone());
+        let (plan, collector, sem, now) = (
+            plan.clone(),
+            collector.clone(),
+            sem.clone(),
+            shared_now.clone(),
+        );
         let keep = opts.keep_documents;
-        let ctx = opts.context.clone();
+        let ctx = shared_ctx.clone();
         set.spawn(async move {
             let permit = sem.acquire_owned().await;
             let node = &plan.nodes[ni];
             let cfg = &plan.configs[ci];
+            // The context half of the input key; with a stored key for it, the fetch is conditional.
+            let context = ctx
+                .digests
+                .as_ref()
+                .and_then(|d| d.context(&plan, cfg, node));
+            let target = (node.name.clone(), cfg.name.clone());
+            let validators = classify::reusable(&ctx, &target, context, keep)
+                .map(|m| &m.validators)
+                .filter(|v| !v.is_empty());
             let t0 = std::time::Instant::now();
             let fetched = collector
-                .fetch(&plan, cfg, node)
+                .fetch_conditional(&plan, cfg, node, validators)
                 .await
                 .map_err(|e| e.to_string());
             let fetch_seconds = t0.elapsed().as_secs_f64();
             drop(permit);
             // A panic in a parser must not sink the scan: it becomes an `invalid` finding for this target alone.
             let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                classify::evaluate(&plan, node, cfg, fetched, &now, keep, &ctx)
+                classify::evaluate_fetched(&plan, node, cfg, fetched, &now, keep, &ctx, context)
             }))
             .unwrap_or_else(|_| classify::crashed(node, cfg, &now));
             r.fetch_seconds = fetch_seconds;
@@ -179,11 +195,15 @@ pub fn prepare(
         .into_iter()
         .map(|(n, c)| (plan.nodes[n].name.clone(), plan.configs[c].name.clone()))
         .collect::<Vec<_>>();
-    let memory = store.load(&targets)?;
+    let mut memory = store.load(&targets)?;
     opts.context = classify::Context {
         redactor: Some(Arc::new(redactor)),
         previous: Arc::new(memory.last_hash.clone()),
         history: Arc::new(BaselineHistory::from_versions(&plan.root, &versions)),
+        // Moved, not copied: only the scan reads the input keys.
+        inputs: Arc::new(std::mem::take(&mut memory.last_input)),
+        observed: Arc::new(classify::observations(&memory.records)),
+        digests: Some(Arc::new(classify::InputDigests::new(plan, &versions))),
     };
     Ok(memory)
 }
@@ -261,6 +281,22 @@ pub fn record(
             })
         })
         .collect();
+    // Input keys: a full evaluation of read content remembers its key (or forgets the old one); a warm result
+    // rewrites it only when the node's validators changed; an unread target keeps it, as it keeps its findings.
+    let inputs = output
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let target = (t.node.clone(), t.config.clone());
+            if t.unchanged {
+                t.input.clone().map(|i| (target, Some(i)))
+            } else if t.read {
+                Some((target, t.input.clone()))
+            } else {
+                None
+            }
+        })
+        .collect();
     let unread_new_targets = output
         .targets
         .iter()
@@ -314,6 +350,7 @@ pub fn record(
         ended_acks: step.ended_acks,
         outbox: planned.messages,
         notify_log: planned.log,
+        inputs,
     })?;
     if let Some(keep) = plan.keep {
         let cut = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);

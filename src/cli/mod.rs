@@ -173,6 +173,33 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
     },
+    /// Benchmark: a simulated fleet on loopback; the raw fetch sweep against a cold and a warm full scan.
+    Bench {
+        /// Simulated nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Document size: bytes, or with a unit (2kB, 50KB, 500KiB).
+        #[arg(long, default_value = "50KB")]
+        size: String,
+        /// Serve and fetch over HTTPS (a new TLS connection per node).
+        #[arg(long)]
+        tls: bool,
+        /// Percent of nodes that drift from the baseline.
+        #[arg(long, default_value_t = 1.0)]
+        drift: f64,
+        /// Rules in the generated plan.
+        #[arg(long, default_value_t = 20)]
+        rules: usize,
+        /// Fetches in flight (`[scan] concurrency`), for the scans and the raw sweep alike.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Warm scans, each followed by a raw sweep; the medians count.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Nodes send ETags and answer 304 to If-None-Match: warm scans use conditional GET (the raw sweep does not).
+        #[arg(long)]
+        etag: bool,
+    },
 }
 
 /// Log line formats.
@@ -321,8 +348,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             let bar = std::io::stderr().is_terminal().then(|| {
                 let b = indicatif::ProgressBar::new(0);
                 b.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} scanning {pos}/{len} targets {elapsed}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} scanning {pos}/{len} targets {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
                 b
             });
@@ -482,12 +511,22 @@ pub fn run(cli: Cli) -> Result<u8> {
                 Some(s) => Selector::parse(s).map_err(|e| anyhow!("--nodes: {e}"))?,
                 None => Selector::default(),
             };
-            let timeout = crate::units::parse_duration(&timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
-            let interval = crate::units::parse_duration(&interval).map_err(|e| anyhow!("--interval: {e}"))?;
+            let timeout =
+                crate::units::parse_duration(&timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
+            let interval =
+                crate::units::parse_duration(&interval).map_err(|e| anyhow!("--interval: {e}"))?;
             let plan = Arc::new(load(&cli.config)?);
             let mut store = memory::open(&plan, cli.store.as_deref())?;
             let rt = runtime()?;
-            converge(&rt, plan, &mut store, selector, timeout, interval, max_unready)
+            converge(
+                &rt,
+                plan,
+                &mut store,
+                selector,
+                timeout,
+                interval,
+                max_unready,
+            )
         }
         Command::Alerts { command } => {
             let plan = load(&cli.config)?;
@@ -562,6 +601,36 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(if failed > 0 { 1 } else { 0 })
         }
         Command::Demo { format } => demo(&cli.config, format, st),
+        Command::Bench {
+            nodes,
+            size,
+            tls,
+            drift,
+            rules,
+            concurrency,
+            rounds,
+            etag,
+        } => {
+            let size = crate::units::parse_size(&size).map_err(|e| anyhow!("--size: {e}"))?;
+            let opts = crate::bench::BenchOptions {
+                nodes,
+                size: usize::try_from(size).map_err(|_| anyhow!("--size: too large"))?,
+                tls,
+                drift,
+                rules,
+                concurrency: concurrency.max(1),
+                rounds,
+                etag,
+            };
+            let say = |line: &str| {
+                let _ = out(&format!("{line}\n"));
+            };
+            let result = runtime()?
+                .block_on(crate::bench::run(&opts, &say))
+                .map_err(|e| anyhow!("bench: {e}"))?;
+            out(&(serde_json::to_string(&result)? + "\n"))?;
+            Ok(0)
+        }
     }
 }
 
@@ -578,7 +647,9 @@ fn st_ok(st: Style, ok: bool) -> String {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Text => b.try_init(),
@@ -635,14 +706,19 @@ fn converge(
             ..Default::default()
         };
         let (output, _) = memory::scan(rt, plan.clone(), store, opts, false, false)?;
-        let mut off: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        let mut off: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
         for f in &output.report.findings {
             let why = match f.kind {
                 crate::finding::Kind::Drift | crate::finding::Kind::Regression => {
                     format!("{} {} {}", f.config, f.kind, f.path)
                 }
                 crate::finding::Kind::Violation => {
-                    format!("{} violates {}", f.config, f.rule.as_deref().unwrap_or_default())
+                    format!(
+                        "{} violates {}",
+                        f.config,
+                        f.rule.as_deref().unwrap_or_default()
+                    )
                 }
                 k => format!("{} {k}", f.config),
             };
@@ -657,7 +733,11 @@ fn converge(
             total - off.len()
         );
         if off.len() <= max_unready {
-            out(&format!("converged: {}/{total} nodes ready after {:.1} s\n", total - off.len(), start.elapsed().as_secs_f64()))?;
+            out(&format!(
+                "converged: {}/{total} nodes ready after {:.1} s\n",
+                total - off.len(),
+                start.elapsed().as_secs_f64()
+            ))?;
             return Ok(0);
         }
         if start.elapsed() + interval > timeout {

@@ -1,7 +1,7 @@
 //! The `http` source: GET with headers, a body size cap, TLS verified by default with optional extra trust roots
 //! and a client certificate, and a bounded number of redirects.
 
-use super::CollectError;
+use super::{CollectError, Fetched, Validators};
 use crate::config::TlsSettings;
 
 /// Build a pooled client for one TLS setting.
@@ -30,19 +30,51 @@ pub(super) fn client(
         .map_err(|e| CollectError::Tls(format!("cannot build the HTTP client: {}", chain(&e))))
 }
 
-/// GET `url`; read at most `max_body` bytes.
+/// GET `url`; read at most `max_body` bytes. With `validators`, ask conditionally: `304 Not Modified` is
+/// [`Fetched::NotModified`].
 pub(super) async fn get(
     client: &reqwest::Client,
     url: &str,
     headers: &[(String, String)],
     max_body: u64,
-) -> Result<Vec<u8>, CollectError> {
+    validators: Option<&Validators>,
+) -> Result<Fetched, CollectError> {
     let mut req = client.get(url);
     for (k, v) in headers {
         req = req.header(k, v);
     }
+    let conditional = validators.is_some_and(|v| !v.is_empty());
+    if let Some(v) = validators {
+        if let Some(etag) = &v.etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = &v.last_modified {
+            req = req.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+        }
+    }
     let mut resp = req.send().await.map_err(classify)?;
     let status = resp.status();
+    let header = |name: reqwest::header::HeaderName| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 512)
+            .map(str::to_string)
+    };
+    let got = Validators {
+        etag: header(reqwest::header::ETAG),
+        last_modified: header(reqwest::header::LAST_MODIFIED),
+    };
+    if status == reqwest::StatusCode::NOT_MODIFIED && conditional {
+        // A 304 may repeat or update the validators; what it leaves out stays as it was.
+        let old = validators.cloned().unwrap_or_default();
+        return Ok(Fetched::NotModified {
+            validators: Validators {
+                etag: got.etag.or(old.etag),
+                last_modified: got.last_modified.or(old.last_modified),
+            },
+        });
+    }
     if !status.is_success() {
         return Err(CollectError::Status {
             code: status.as_u16(),
@@ -61,7 +93,10 @@ pub(super) async fn get(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Fetched::Body {
+        bytes: body,
+        validators: got,
+    })
 }
 
 /// The error and its causes, joined: reqwest's own message alone rarely says what went wrong.

@@ -67,6 +67,40 @@ impl CollectError {
     }
 }
 
+/// What a node said it can be asked with next time: `ETag` and `Last-Modified` of its last answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// Neither header was given.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// A successful fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The content, with the validators the node sent along (http only).
+    Body {
+        bytes: Vec<u8>,
+        validators: Validators,
+    },
+    /// `304 Not Modified` to a conditional GET: the content is the one the validators were taken from.
+    NotModified { validators: Validators },
+}
+
+/// Build the HTTP client plumb uses for a TLS setting (the fleet benchmark's raw sweep uses the same one).
+pub fn http_client(
+    tls: &crate::config::TlsSettings,
+    max_redirects: usize,
+) -> Result<reqwest::Client, CollectError> {
+    http::client(tls, max_redirects)
+}
+
 /// (CA bundle, client identity, max redirects): configs that agree share one client.
 type ClientKey = (Option<Vec<u8>>, Option<Vec<u8>>, usize);
 
@@ -111,6 +145,24 @@ impl Collector {
         config: &ConfigPlan,
         node: &Node,
     ) -> Result<Vec<u8>, CollectError> {
+        match self.fetch_conditional(plan, config, node, None).await? {
+            Fetched::Body { bytes, .. } => Ok(bytes),
+            Fetched::NotModified { .. } => Err(CollectError::Status {
+                code: 304,
+                reason: "Not Modified".into(),
+            }),
+        }
+    }
+
+    /// Fetch like [`Collector::fetch`]; over http, with `validators` the request is conditional
+    /// (`If-None-Match`, `If-Modified-Since`) and a `304 Not Modified` answer is [`Fetched::NotModified`].
+    pub async fn fetch_conditional(
+        &self,
+        plan: &Plan,
+        config: &ConfigPlan,
+        node: &Node,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, CollectError> {
         let index = plan
             .configs
             .iter()
@@ -118,10 +170,13 @@ impl Collector {
             .unwrap_or(usize::MAX);
         let mut attempt = 0u32;
         loop {
-            let result =
-                tokio::time::timeout(config.timeout, self.fetch_once(index, config, node)).await;
+            let result = tokio::time::timeout(
+                config.timeout,
+                self.fetch_once(index, config, node, validators),
+            )
+            .await;
             let err = match result {
-                Ok(Ok(body)) => return Ok(body),
+                Ok(Ok(fetched)) => return Ok(fetched),
                 Ok(Err(e)) => e,
                 Err(_) => CollectError::Timeout(config.timeout),
             };
@@ -138,7 +193,12 @@ impl Collector {
         index: usize,
         config: &ConfigPlan,
         node: &Node,
-    ) -> Result<Vec<u8>, CollectError> {
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, CollectError> {
+        let body = |bytes| Fetched::Body {
+            bytes,
+            validators: Validators::default(),
+        };
         match &config.source {
             SourceSpec::Http { url, headers, .. } => {
                 let client = self
@@ -150,15 +210,17 @@ impl Collector {
                 for (k, v) in headers {
                     hs.push((k.clone(), v.render(node).map_err(CollectError::Refused)?));
                 }
-                http::get(client, &url, &hs, config.max_body).await
+                http::get(client, &url, &hs, config.max_body, validators).await
             }
             SourceSpec::File {
                 path,
                 allowed_roots,
-            } => file::read(&self.root, path, allowed_roots, node, config.max_body).await,
-            SourceSpec::Command { argv } => {
-                command::run(&self.root, argv, node, config.max_body).await
-            }
+            } => file::read(&self.root, path, allowed_roots, node, config.max_body)
+                .await
+                .map(body),
+            SourceSpec::Command { argv } => command::run(&self.root, argv, node, config.max_body)
+                .await
+                .map(body),
         }
     }
 }

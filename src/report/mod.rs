@@ -428,6 +428,8 @@ mod tests {
             baseline: None,
             snapshot: None,
             fetch_seconds: 0.0,
+            unchanged: false,
+            input: None,
         };
         Report::build(t, t, 1, &[target])
     }

@@ -225,6 +225,8 @@ fn regex(s: &str, what: &str) -> Result<regex::Regex, String> {
 }
 
 fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Result<Rule, String> {
+    // Everything the rule was written as: a warm scan re-evaluates a target when one of its rules changes.
+    let digest = *blake3::hash(format!("{r:?}|{structured:?}").as_bytes()).as_bytes();
     let mut checks: Vec<Check> = Vec::new();
     if let Some(v) = r.equals {
         checks.push(Check::Equals(v));
@@ -442,6 +444,7 @@ fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Re
         line,
         tests,
         gate,
+        digest,
     })
 }
 

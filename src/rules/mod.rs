@@ -156,6 +156,8 @@ pub struct Rule {
     pub tests: Vec<load::RuleTest>,
     /// Persistence gate for this rule's violations.
     pub gate: Option<crate::lifecycle::Gate>,
+    /// blake3 of the rule as written (every key, its file): part of a target's warm-scan input key.
+    pub digest: [u8; 32],
 }
 
 /// What a rule sees.

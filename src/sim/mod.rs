@@ -29,6 +29,32 @@ pub enum Behavior {
         body: Arc<Vec<u8>>,
         interval: Duration,
     },
+    /// 200 with this body and its validators (`ETag`, `Last-Modified` headers); a conditional request they
+    /// match (`If-None-Match` naming the etag or `*`; else `If-Modified-Since` equal to `last_modified`) gets
+    /// `304 Not Modified` with no body.
+    Tagged {
+        content_type: String,
+        body: Arc<Vec<u8>>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+    /// 200 with a body made anew for each request: fleets too large to hold every document in memory. With an
+    /// `etag`, answered like [`Behavior::Tagged`] (`304 Not Modified` to a matching `If-None-Match`).
+    Generated {
+        content_type: String,
+        make: Generator,
+        etag: Option<String>,
+    },
+}
+
+/// Makes a body on request.
+#[derive(Clone)]
+pub struct Generator(pub Arc<dyn Fn() -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Generator")
+    }
 }
 
 impl Behavior {
@@ -39,6 +65,25 @@ impl Behavior {
             body: Arc::new(body.into()),
         }
     }
+
+    /// A 200 answer with `body` and an `ETag` header, honouring `If-None-Match`.
+    pub fn tagged(content_type: &str, body: impl Into<Vec<u8>>, etag: &str) -> Behavior {
+        Behavior::Tagged {
+            content_type: content_type.to_string(),
+            body: Arc::new(body.into()),
+            etag: Some(etag.to_string()),
+            last_modified: None,
+        }
+    }
+}
+
+/// What a running fleet answered, across all its nodes.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests read (any path, any answer).
+    pub requests: std::sync::atomic::AtomicUsize,
+    /// `304 Not Modified` answers.
+    pub not_modified: std::sync::atomic::AtomicUsize,
 }
 
 /// One node to simulate.
@@ -68,6 +113,7 @@ pub struct RunningNode {
 pub struct Fleet {
     pub nodes: Vec<RunningNode>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Arc<Stats>,
 }
 
 impl Drop for Fleet {
@@ -79,6 +125,15 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
+    /// Requests answered so far, and how many of them were `304 Not Modified`.
+    pub fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.stats.requests.load(Relaxed),
+            self.stats.not_modified.load(Relaxed),
+        )
+    }
+
     /// The address of a node.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.nodes.iter().find(|n| n.name == name).map(|n| n.addr)
@@ -173,6 +228,7 @@ pub async fn start(
     let mut fleet = Fleet {
         nodes: Vec::with_capacity(specs.len()),
         tasks: Vec::with_capacity(specs.len()),
+        stats: Arc::new(Stats::default()),
     };
     for spec in specs {
         let listener = match spec.bind {
@@ -188,8 +244,10 @@ pub async fn start(
             // Hold nothing on the port: connecting is refused.
             drop(listener);
         } else {
-            let (r, tls) = (routes.clone(), tls.clone());
-            fleet.tasks.push(tokio::spawn(serve(listener, r, tls)));
+            let (r, tls, stats) = (routes.clone(), tls.clone(), fleet.stats.clone());
+            fleet
+                .tasks
+                .push(tokio::spawn(serve(listener, r, tls, stats)));
         }
         fleet.nodes.push(RunningNode {
             name: spec.name,
@@ -200,7 +258,12 @@ pub async fn start(
     Ok(fleet)
 }
 
-async fn serve(listener: TcpListener, routes: Routes, tls: Option<Arc<rustls::ServerConfig>>) {
+async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stats: Arc<Stats>,
+) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let Ok((sock, _)) = listener.accept().await else {
@@ -210,20 +273,45 @@ async fn serve(listener: TcpListener, routes: Routes, tls: Option<Arc<rustls::Se
         let _ = sock.set_nodelay(true);
         let routes = routes.clone();
         let acceptor = acceptor.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             match acceptor {
                 Some(a) => {
                     if let Ok(s) = a.accept(sock).await {
-                        handle(s, routes).await;
+                        handle(s, routes, &stats).await;
                     }
                 }
-                None => handle(sock, routes).await,
+                None => handle(sock, routes, &stats).await,
             }
         });
     }
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes) {
+/// The value of request header `name` (case-insensitive) in `head`.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Whether a conditional request matches the validators (RFC 9110: `If-None-Match` wins over
+/// `If-Modified-Since`; etags compare weakly).
+fn not_modified(head: &str, etag: Option<&str>, last_modified: Option<&str>) -> bool {
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    if let Some(inm) = header(head, "if-none-match") {
+        return etag.is_some_and(|e| {
+            inm.split(',')
+                .any(|t| t.trim() == "*" || weak(t) == weak(e))
+        });
+    }
+    match (header(head, "if-modified-since"), last_modified) {
+        (Some(ims), Some(lm)) => ims == lm,
+        _ => false,
+    }
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes, stats: &Stats) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -242,8 +330,61 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes) {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("/")
         .to_string();
+    stats
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let behavior = routes.read().ok().and_then(|r| r.get(&path).cloned());
     match behavior {
+        Some(Behavior::Tagged {
+            content_type,
+            body,
+            etag,
+            last_modified,
+        }) => {
+            let mut extra = String::new();
+            if let Some(e) = &etag {
+                extra.push_str(&format!("ETag: {e}\r\n"));
+            }
+            if let Some(l) = &last_modified {
+                extra.push_str(&format!("Last-Modified: {l}\r\n"));
+            }
+            if not_modified(&head, etag.as_deref(), last_modified.as_deref()) {
+                stats
+                    .not_modified
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let head = format!("HTTP/1.1 304 Not Modified\r\n{extra}Connection: close\r\n\r\n");
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.flush().await;
+            } else {
+                respond_with(&mut s, 200, &content_type, &extra, &body).await
+            }
+        }
+        Some(Behavior::Generated {
+            content_type,
+            make,
+            etag: None,
+        }) => {
+            let body = (make.0)();
+            respond(&mut s, 200, &content_type, &body).await
+        }
+        Some(Behavior::Generated {
+            content_type,
+            make,
+            etag: Some(etag),
+        }) => {
+            let extra = format!("ETag: {etag}\r\n");
+            if not_modified(&head, Some(&etag), None) {
+                stats
+                    .not_modified
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let head = format!("HTTP/1.1 304 Not Modified\r\n{extra}Connection: close\r\n\r\n");
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.flush().await;
+            } else {
+                let body = (make.0)();
+                respond_with(&mut s, 200, &content_type, &extra, &body).await
+            }
+        }
         None => respond(&mut s, 404, "text/plain", b"not found\n").await,
         Some(Behavior::Status(code)) => {
             respond(
@@ -280,6 +421,17 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes) {
 }
 
 async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: u16, content_type: &str, body: &[u8]) {
+    respond_with(s, code, content_type, "", body).await
+}
+
+/// Answer with `extra` header lines (each ending in CRLF).
+async fn respond_with<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    code: u16,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+) {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -289,11 +441,45 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: u16, content_type: &str
         _ => "Status",
     };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     if s.write_all(head.as_bytes()).await.is_ok() {
         let _ = s.write_all(body).await;
         let _ = s.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditional_requests_match_as_rfc_9110_says() {
+        let req = |h: &str| format!("GET /c HTTP/1.1\r\nHost: x\r\n{h}\r\n");
+        let (e, lm) = (Some("\"v1\""), Some("Wed, 21 Oct 2026 07:28:00 GMT"));
+        assert!(not_modified(&req("If-None-Match: \"v1\"\r\n"), e, None));
+        assert!(not_modified(&req("if-none-match: W/\"v1\"\r\n"), e, None));
+        assert!(not_modified(
+            &req("If-None-Match: \"v0\", \"v1\"\r\n"),
+            e,
+            None
+        ));
+        assert!(not_modified(&req("If-None-Match: *\r\n"), e, None));
+        assert!(!not_modified(&req("If-None-Match: \"v2\"\r\n"), e, None));
+        assert!(!not_modified(&req(""), e, lm));
+        assert!(not_modified(
+            &req("If-Modified-Since: Wed, 21 Oct 2026 07:28:00 GMT\r\n"),
+            None,
+            lm
+        ));
+        // If-None-Match wins over If-Modified-Since.
+        assert!(!not_modified(
+            &req("If-None-Match: \"v2\"\r\nIf-Modified-Since: Wed, 21 Oct 2026 07:28:00 GMT\r\n"),
+            e,
+            lm
+        ));
+        // No etag at all: If-None-Match never matches (not even `*`, there is no representation tag to match).
+        assert!(!not_modified(&req("If-None-Match: \"v1\"\r\n"), None, lm));
     }
 }

@@ -38,6 +38,9 @@ pub struct Memory {
     pub acks: HashMap<String, Ack>,
     /// The notification log, by (route, sink, fingerprint).
     pub notify_log: HashMap<(String, String, String), crate::notify::plan::LogEntry>,
+    /// What produced each target's last findings (the warm-scan key), with the node's validators.
+    /// [`crate::scan::prepare`] moves it into the scan's context (it is empty in the memory it returns).
+    pub last_input: HashMap<Target, crate::classify::InputMemo>,
 }
 
 impl Memory {
@@ -81,6 +84,8 @@ pub struct ScanCommit {
     pub outbox: Vec<crate::notify::Message>,
     /// The notification log entries those alerts change.
     pub notify_log: Vec<crate::notify::plan::LogEntry>,
+    /// Input keys to remember (`Some`) or forget (`None`), written with the findings they produced.
+    pub inputs: Vec<(Target, Option<crate::classify::InputMemo>)>,
 }
 
 /// One outbox item.

@@ -49,6 +49,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE tickets (sink TEXT NOT NULL, key TEXT NOT NULL, external_id TEXT NOT NULL,
         PRIMARY KEY (sink, key));
      CREATE TABLE sink_health (sink TEXT PRIMARY KEY, failing_since TEXT, alerted INTEGER NOT NULL DEFAULT 0);",
+    // 3: warm scans: what produced each target's last findings (blake3 of the raw body, blake3 of the baseline,
+    // rules and settings that applied), the node's ETag / Last-Modified for that body, and its unified diff.
+    "ALTER TABLE targets ADD COLUMN input_body BLOB;
+     ALTER TABLE targets ADD COLUMN input_context BLOB;
+     ALTER TABLE targets ADD COLUMN etag TEXT;
+     ALTER TABLE targets ADD COLUMN last_modified TEXT;
+     ALTER TABLE targets ADD COLUMN unified TEXT;",
 ];
 
 /// The SQLite store.
@@ -258,19 +265,45 @@ impl Store for SqliteStore {
         {
             let mut st = self
                 .conn
-                .prepare("SELECT node, config, hash FROM targets")
+                .prepare(
+                    "SELECT node, config, hash, input_body, input_context, etag, last_modified, unified \
+                     FROM targets",
+                )
                 .map_err(|e| err(&self.path, e))?;
             let rows = st
                 .query_map([], |r| {
+                    let body = r.get::<_, Option<Vec<u8>>>(3)?;
+                    let context = r.get::<_, Option<Vec<u8>>>(4)?;
+                    let input = match (body, context) {
+                        (Some(b), Some(c)) => {
+                            match (<[u8; 32]>::try_from(b), <[u8; 32]>::try_from(c)) {
+                                (Ok(body), Ok(context)) => Some(crate::classify::InputMemo {
+                                    body,
+                                    context,
+                                    validators: crate::collect::Validators {
+                                        etag: r.get(5)?,
+                                        last_modified: r.get(6)?,
+                                    },
+                                    unified: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                                }),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
                     Ok((
                         (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
                         r.get::<_, Option<String>>(2)?,
+                        input,
                     ))
                 })
                 .map_err(|e| err(&self.path, e))?;
             for row in rows {
-                let (t, h) = row.map_err(|e| err(&self.path, e))?;
+                let (t, h, input) = row.map_err(|e| err(&self.path, e))?;
                 if wanted.contains(&t) {
+                    if let Some(i) = input {
+                        mem.last_input.insert(t.clone(), i);
+                    }
                     mem.last_hash.insert(t, h);
                 }
             }
@@ -435,6 +468,35 @@ impl Store for SqliteStore {
                 .map_err(e)?;
             for (n, c) in &scan.unread_new_targets {
                 new_target.execute(params![n, c]).map_err(e)?;
+            }
+            let mut up_input = tx
+                .prepare_cached(
+                    "UPDATE targets SET input_body = ?3, input_context = ?4, etag = ?5, last_modified = ?6, \
+                     unified = ?7 WHERE node = ?1 AND config = ?2",
+                )
+                .map_err(e)?;
+            for ((n, c), input) in &scan.inputs {
+                match input {
+                    Some(i) => up_input.execute(params![
+                        n,
+                        c,
+                        &i.body[..],
+                        &i.context[..],
+                        i.validators.etag,
+                        i.validators.last_modified,
+                        (!i.unified.is_empty()).then_some(&i.unified)
+                    ]),
+                    None => up_input.execute(params![
+                        n,
+                        c,
+                        None::<Vec<u8>>,
+                        None::<Vec<u8>>,
+                        None::<String>,
+                        None::<String>,
+                        None::<String>
+                    ]),
+                }
+                .map_err(e)?;
             }
             let mut up_finding = tx
                 .prepare_cached(
