@@ -123,13 +123,6 @@ impl Template {
         Ok(Template { parts })
     }
 
-    /// A template that is just this text.
-    pub fn literal(s: &str) -> Template {
-        Template {
-            parts: vec![Part::Lit(s.to_string())],
-        }
-    }
-
     /// The text of a template without node placeholders (`Allow::Secrets`).
     pub fn render_plain(&self) -> String {
         self.parts

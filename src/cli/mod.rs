@@ -726,7 +726,7 @@ fn converge(
         }
         let total = output.report.nodes.total;
         if total == 0 {
-            bail_code("no node matches the selector")?;
+            anyhow::bail!("no node matches the selector");
         }
         eprintln!(
             "converge: poll {poll}: {}/{total} nodes match their baselines and rules",
@@ -754,10 +754,6 @@ fn converge(
         }
         std::thread::sleep(interval);
     }
-}
-
-fn bail_code(msg: &str) -> Result<()> {
-    Err(anyhow!("{msg}"))
 }
 
 fn print_report(r: &report::Report, format: OutputFormat, st: Style) -> Result<()> {

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod render;
 pub mod sinks;
 
-use crate::finding::{Finding, Severity};
+use crate::finding::Finding;
 use serde::{Deserialize, Serialize};
 
 /// Why an alert is raised.
@@ -82,17 +82,6 @@ pub struct Digest {
     /// For a digest that only resolves: the ids of the digests that announced these findings (email threading).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replies_to: Vec<String>,
-}
-
-impl Digest {
-    /// The highest severity among the items.
-    pub fn max_severity(&self) -> Option<Severity> {
-        self.items
-            .iter()
-            .filter(|i| i.trigger != Trigger::Resolved)
-            .map(|i| i.finding.severity)
-            .max()
-    }
 }
 
 /// What a ticket or paging sink is asked to do for one fingerprint (or one fleet-wide group).
