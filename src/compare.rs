@@ -66,10 +66,16 @@ pub struct Difference {
     pub severity: Option<Severity>,
 }
 
+/// The most differences one comparison lists; beyond, they are only counted ([`Comparison::omitted`]), so a node
+/// sending a million new keys costs a bounded report.
+pub const MAX_DIFFERENCES: usize = 1_000;
+
 /// The result of comparing one document pair.
 #[derive(Debug, Clone, Default)]
 pub struct Comparison {
     pub differences: Vec<Difference>,
+    /// Differences past [`MAX_DIFFERENCES`], counted but not listed.
+    pub omitted: usize,
     /// Unified diff of the canonical texts after masks and ignores; empty when equal.
     pub unified: String,
 }
@@ -85,21 +91,31 @@ type Loc = Vec<Seg>;
 
 /// Compare `expected` (the baseline) with `actual` (live).
 pub fn compare(expected: &Document, actual: &Document, opts: &CompareOptions) -> Comparison {
+    // Equal documents stay equal under masks and ignores (both sides get the same rewrite): nothing to walk.
+    if expected == actual {
+        return Comparison::default();
+    }
     let (exp, act) = (prepare(expected, opts), prepare(actual, opts));
+    let (exp, act) = (exp.as_ref(), act.as_ref());
     let mut out = Vec::new();
-    match (&exp, &act) {
+    let omitted;
+    match (exp, act) {
         (Document::Tree(e), Document::Tree(a)) => {
             let ctx = Ctx::new(e, a, opts);
             let mut w = Walk {
                 ctx: &ctx,
                 out: &mut out,
+                omitted: 0,
             };
             w.diff(e, a, "$".to_string(), &mut Vec::new(), &mut Vec::new());
+            omitted = w.omitted;
         }
         _ => {
-            let el = text_lines(&exp);
-            let al = text_lines(&act);
+            let el = text_lines(exp);
+            let al = text_lines(act);
             line_diff(&el, &al, opts.mode, &mut out);
+            omitted = out.len().saturating_sub(MAX_DIFFERENCES);
+            out.truncate(MAX_DIFFERENCES);
         }
     }
     let unified = if out.is_empty() {
@@ -109,19 +125,37 @@ pub fn compare(expected: &Document, actual: &Document, opts: &CompareOptions) ->
     };
     Comparison {
         differences: out,
+        omitted,
         unified,
     }
 }
 
+/// The most bytes of a unified diff kept for reports and alerts, and the time spent finding it.
+const MAX_UNIFIED: usize = 256 * 1024;
+const UNIFIED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A unified diff of two texts, `baseline` against `live`.
+/// Bounded: the search gives up after a few seconds (a coarser diff, still correct) and the text is cut at
+/// 256 KiB with a note.
 pub fn unified_diff(expected: &str, actual: &str) -> String {
-    TextDiff::configure()
+    let mut s = TextDiff::configure()
         .algorithm(Algorithm::Myers)
+        .timeout(UNIFIED_TIMEOUT)
         .diff_lines(expected, actual)
         .unified_diff()
         .context_radius(3)
         .header("baseline", "live")
-        .to_string()
+        .to_string();
+    if s.len() > MAX_UNIFIED {
+        let mut cut = MAX_UNIFIED;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = s.len();
+        s.truncate(cut);
+        let _ = write!(s, "\n… (diff cut at {MAX_UNIFIED} of {total} bytes)\n");
+    }
+    s
 }
 
 fn text_lines(d: &Document) -> Vec<String> {
@@ -131,9 +165,13 @@ fn text_lines(d: &Document) -> Vec<String> {
     }
 }
 
-/// Apply masks and cut ignored paths.
-fn prepare(doc: &Document, opts: &CompareOptions) -> Document {
-    match doc {
+/// Apply masks and cut ignored paths (borrowed as is when there are none).
+fn prepare<'d>(doc: &'d Document, opts: &CompareOptions) -> std::borrow::Cow<'d, Document> {
+    use std::borrow::Cow;
+    if opts.masks.is_empty() && (opts.ignore.is_empty() || matches!(doc, Document::Text(_))) {
+        return Cow::Borrowed(doc);
+    }
+    Cow::Owned(match doc {
         Document::Text(lines) => Document::Text(
             lines
                 .iter()
@@ -157,7 +195,7 @@ fn prepare(doc: &Document, opts: &CompareOptions) -> Document {
             }
             Document::Tree(v)
         }
-    }
+    })
 }
 
 fn apply_masks<'a>(s: &'a str, masks: &[Mask]) -> std::borrow::Cow<'a, str> {
@@ -314,6 +352,8 @@ fn keyable(items: &[Value], field: &str) -> bool {
 struct Walk<'c, 'o> {
     ctx: &'c Ctx<'o>,
     out: &'c mut Vec<Difference>,
+    /// Differences found past [`MAX_DIFFERENCES`].
+    omitted: usize,
 }
 
 impl Walk<'_, '_> {
@@ -326,6 +366,10 @@ impl Walk<'_, '_> {
         le: &Loc,
         la: &Loc,
     ) {
+        if self.out.len() >= MAX_DIFFERENCES {
+            self.omitted += 1;
+            return;
+        }
         let severity = self.ctx.severity(le, la, change);
         self.out.push(Difference {
             path,
@@ -337,6 +381,10 @@ impl Walk<'_, '_> {
     }
 
     fn diff(&mut self, e: &Value, a: &Value, path: String, le: &mut Loc, la: &mut Loc) {
+        // An equal subtree has no difference in either mode: one comparison, no paths built.
+        if e == a {
+            return;
+        }
         let subset = self.ctx.opts.mode == Mode::Subset;
         match (e, a) {
             (Value::Object(eo), Value::Object(ao)) => {
@@ -349,7 +397,6 @@ impl Walk<'_, '_> {
                     self.diff_positional(ea, aa, &path, le, la, subset);
                 }
             }
-            _ if e == a => {}
             _ => self.push(path, Change::Changed, Some(e), Some(a), le, la),
         }
     }
@@ -628,6 +675,24 @@ mod tests {
             .into_iter()
             .map(|d| (d.path, d.change, d.expected, d.actual))
             .collect()
+    }
+
+    #[test]
+    fn differences_are_capped_and_counted() {
+        let e = tree(json!({}));
+        let many: serde_json::Map<String, Value> = (0..MAX_DIFFERENCES + 250)
+            .map(|i| (format!("k{i:05}"), json!(i)))
+            .collect();
+        let a = tree(Value::Object(many));
+        let c = compare(&e, &a, &CompareOptions::default());
+        assert_eq!(c.differences.len(), MAX_DIFFERENCES);
+        assert_eq!(c.omitted, 250);
+        assert_eq!(c.differences[0].path, "$.k00000");
+        let big_e = "x\n".repeat(400_000);
+        let big_a = "y\n".repeat(400_000);
+        let u = unified_diff(&big_e, &big_a);
+        assert!(u.len() < MAX_UNIFIED + 200, "{}", u.len());
+        assert!(u.ends_with("bytes)\n"), "cut note");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! Every failure is a [`CollectError`] with a reason a human can act on; the scan turns it into an `unreachable`
 //! finding for that node alone. Retries (connect errors, timeouts, 5xx) back off exponentially with jitter.
+//! A hostile node is bounded here: each attempt is cut at the timeout, bodies at `max_body`; compressed bodies,
+//! redirects off the host and foreign content types that do not parse are refused with a reason (see `http.rs`).
 
 mod command;
 mod file;
@@ -9,6 +11,7 @@ mod http;
 
 use crate::config::{ConfigPlan, Plan, SourceSpec};
 use crate::inventory::Node;
+use crate::normalize::Format;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -29,11 +32,22 @@ pub enum CollectError {
     #[error("HTTP status {code}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
     Status { code: u16, reason: String },
     /// The body was larger than `max_body`.
-    #[error("body larger than the {limit}-byte limit")]
+    #[error("body exceeds max_body {} (the {limit}-byte limit)", human_size(*limit))]
     TooLarge { limit: u64 },
-    /// Too many redirects, or a redirect plumb will not follow.
-    #[error("redirect refused: {0}")]
+    /// Too many redirects, a loop, or a redirect plumb will not follow (another host, https to http); the
+    /// message says which.
+    #[error("{0}")]
     Redirect(String),
+    /// The node sent a `Content-Encoding` plumb did not ask for (it asks for identity and never decompresses).
+    #[error("Content-Encoding {0} refused (plumb asks for identity and never decompresses)")]
+    Encoding(String),
+    /// The node declared a `Content-Type` of another format and the body does not parse as the config's.
+    #[error("Content-Type {declared}, expected {expected}: {error}")]
+    ContentType {
+        declared: String,
+        expected: String,
+        error: String,
+    },
     /// Any other HTTP-level failure (malformed response, reset connection).
     #[error("HTTP error: {0}")]
     Http(String),
@@ -65,6 +79,83 @@ impl CollectError {
             _ => false,
         }
     }
+}
+
+/// A size as plumb.toml writes it: `1 MiB`, `512 KiB`, else bytes.
+fn human_size(n: u64) -> String {
+    match n {
+        0 => "0 bytes".into(),
+        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Whether a declared `Content-Type` names another format than `format`: `text/plain`,
+/// `application/octet-stream` and no type at all are neutral, line formats take any `text/*`, text takes
+/// anything.
+fn foreign_content_type(declared: &str, format: Format) -> bool {
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if matches!(
+        essence.as_str(),
+        "" | "text/plain" | "application/octet-stream" | "*/*"
+    ) {
+        return false;
+    }
+    match format {
+        Format::Json => !essence.ends_with("json"),
+        Format::Yaml => !(essence.contains("yaml") || essence.contains("yml")),
+        Format::Toml => !essence.contains("toml"),
+        Format::Ini | Format::Kv => !essence.starts_with("text/") || essence.contains("html"),
+        Format::Text => false,
+    }
+}
+
+/// A format's name in a finding.
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Json => "JSON",
+        Format::Yaml => "YAML",
+        Format::Toml => "TOML",
+        Format::Ini => "INI",
+        Format::Kv => "key=value text",
+        Format::Text => "text",
+    }
+}
+
+/// A node may label its config loosely (JSON as `text/html` is common); the declared type matters only when the
+/// body does not parse: then the finding names it, since an error or login page served with status 200 is the
+/// usual cause. Parsing here happens only for foreign types; a panic is the same refusal.
+fn check_content_type(
+    bytes: &[u8],
+    declared: Option<&str>,
+    format: Format,
+) -> Result<(), CollectError> {
+    let Some(declared) = declared.filter(|d| foreign_content_type(d, format)) else {
+        return Ok(());
+    };
+    let parsed = std::panic::catch_unwind(|| crate::normalize::parse(format, bytes).map(drop));
+    let error = match parsed {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "plumb could not parse it (internal error)".to_string(),
+    };
+    let declared: String = declared
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    Err(CollectError::ContentType {
+        declared,
+        expected: format_name(format).to_string(),
+        error,
+    })
 }
 
 /// What a node said it can be asked with next time: `ETag` and `Last-Modified` of its last answer.
@@ -176,7 +267,16 @@ impl Collector {
             )
             .await;
             let err = match result {
-                Ok(Ok(fetched)) => return Ok(fetched),
+                Ok(Ok((fetched, content_type))) => {
+                    if let Fetched::Body { bytes, .. } = &fetched {
+                        check_content_type(
+                            bytes,
+                            content_type.as_deref(),
+                            config.normalizer.format,
+                        )?;
+                    }
+                    return Ok(fetched);
+                }
                 Ok(Err(e)) => e,
                 Err(_) => CollectError::Timeout(config.timeout),
             };
@@ -194,10 +294,13 @@ impl Collector {
         config: &ConfigPlan,
         node: &Node,
         validators: Option<&Validators>,
-    ) -> Result<Fetched, CollectError> {
-        let body = |bytes| Fetched::Body {
-            bytes,
-            validators: Validators::default(),
+    ) -> Result<(Fetched, Option<String>), CollectError> {
+        let body = |bytes| {
+            let fetched = Fetched::Body {
+                bytes,
+                validators: Validators::default(),
+            };
+            (fetched, None)
         };
         match &config.source {
             SourceSpec::Http { url, headers, .. } => {
@@ -210,7 +313,8 @@ impl Collector {
                 for (k, v) in headers {
                     hs.push((k.clone(), v.render(node).map_err(CollectError::Refused)?));
                 }
-                http::get(client, &url, &hs, config.max_body, validators).await
+                let r = http::get(client, &url, &hs, config.max_body, validators).await?;
+                Ok((r.fetched, r.content_type))
             }
             SourceSpec::File {
                 path,
@@ -270,5 +374,40 @@ mod tests {
         );
         assert!(!CollectError::Tls("x".into()).is_transient());
         assert!(!CollectError::TooLarge { limit: 1 }.is_transient());
+    }
+
+    #[test]
+    fn sizes_and_content_types() {
+        assert_eq!(
+            CollectError::TooLarge { limit: 1 << 20 }.to_string(),
+            "body exceeds max_body 1 MiB (the 1048576-byte limit)"
+        );
+        assert_eq!(human_size(1000), "1000 bytes");
+        assert_eq!(human_size(16 << 20), "16 MiB");
+        for (declared, format, foreign) in [
+            ("application/json; charset=utf-8", Format::Json, false),
+            ("application/problem+json", Format::Json, false),
+            ("text/plain", Format::Json, false),
+            ("text/html; charset=utf-8", Format::Json, true),
+            ("application/xml", Format::Yaml, true),
+            ("application/yaml", Format::Yaml, false),
+            ("text/x-ini", Format::Ini, false),
+            ("text/html", Format::Kv, true),
+            ("image/png", Format::Text, false),
+        ] {
+            assert_eq!(
+                foreign_content_type(declared, format),
+                foreign,
+                "{declared} for {format:?}"
+            );
+        }
+        let e = check_content_type(b"<html>login</html>", Some("text/html"), Format::Json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("Content-Type text/html, expected JSON: not valid json"),
+            "{e}"
+        );
+        assert!(check_content_type(b"{}", Some("text/html"), Format::Json).is_ok());
     }
 }

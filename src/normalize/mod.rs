@@ -269,7 +269,7 @@ pub fn parse(format: Format, bytes: &[u8]) -> Result<Document, NormalizeError> {
         message,
     };
     let tree = match format {
-        Format::Json => serde_json::from_str::<Value>(text).map_err(|e| {
+        Format::Json => parse_json(text).map_err(|e| {
             syntax(
                 Some(e.line()),
                 Some(e.column()),
@@ -292,6 +292,87 @@ pub fn parse(format: Format, bytes: &[u8]) -> Result<Document, NormalizeError> {
         Format::Text => return Ok(Document::Text(split_lines(text))),
     };
     Ok(Document::Tree(canonicalize(tree)))
+}
+
+/// The most keys one object may have, and elements one array: a node sending more is refused with a clear reason
+/// rather than turned into one difference per key.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// JSON into a tree, refusing objects and arrays larger than [`MAX_ENTRIES`] (serde_json refuses nesting deeper
+/// than 128 levels).
+fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Bounded.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// A [`Value`] visitor with size limits.
+#[derive(Clone, Copy)]
+struct Bounded;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Bounded {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Bounded {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Bounded)? {
+            if out.len() == MAX_ENTRIES {
+                return Err(serde::de::Error::custom(format!(
+                    "array has more than {MAX_ENTRIES} elements"
+                )));
+            }
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(Bounded)?;
+            out.insert(k, v);
+            if out.len() > MAX_ENTRIES {
+                return Err(serde::de::Error::custom(format!(
+                    "object has more than {MAX_ENTRIES} keys"
+                )));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn parse_yaml(text: &str) -> Result<Value, (Option<usize>, Option<usize>, String)> {
@@ -356,7 +437,13 @@ fn toml_to_json(v: toml::Value) -> Value {
 }
 
 /// Fold integral floats (`80.0`) to integers so formats that spell numbers differently compare equal.
-pub fn canonicalize(v: Value) -> Value {
+pub fn canonicalize(mut v: Value) -> Value {
+    canonicalize_in_place(&mut v);
+    v
+}
+
+/// [`canonicalize`] without rebuilding the tree: only numbers are touched (maps keep their allocation).
+pub fn canonicalize_in_place(v: &mut Value) {
     match v {
         Value::Number(n) => {
             if n.is_f64()
@@ -364,17 +451,12 @@ pub fn canonicalize(v: Value) -> Value {
                 && f.fract() == 0.0
                 && f.abs() < 9_007_199_254_740_992.0
             {
-                return Value::from(f as i64);
+                *v = Value::from(f as i64);
             }
-            Value::Number(n)
         }
-        Value::Array(a) => Value::Array(a.into_iter().map(canonicalize).collect()),
-        Value::Object(o) => Value::Object(
-            o.into_iter()
-                .map(|(k, v)| (k, canonicalize(v)))
-                .collect::<Map<_, _>>(),
-        ),
-        other => other,
+        Value::Array(a) => a.iter_mut().for_each(canonicalize_in_place),
+        Value::Object(o) => o.values_mut().for_each(canonicalize_in_place),
+        _ => {}
     }
 }
 
@@ -412,6 +494,39 @@ mod tests {
             Ok(Document::Tree(v)) => v,
             other => panic!("expected a tree, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn json_size_and_depth_are_bounded() {
+        let many = format!(
+            "{{{}}}",
+            (0..=MAX_ENTRIES)
+                .map(|i| format!("\"k{i}\":1"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let e = parse(Format::Json, many.as_bytes()).expect_err("too many keys");
+        assert!(
+            e.to_string().contains("object has more than 100000 keys"),
+            "{e}"
+        );
+        let long = format!("[{}]", vec!["0"; MAX_ENTRIES + 1].join(","));
+        let e = parse(Format::Json, long.as_bytes()).expect_err("too many elements");
+        assert!(
+            e.to_string()
+                .contains("array has more than 100000 elements"),
+            "{e}"
+        );
+        let deep = "[".repeat(100_000);
+        let e = parse(Format::Json, deep.as_bytes()).expect_err("too deep");
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+        // At the limit it parses, numbers as serde_json gives them.
+        let ok = format!("[{}]", vec!["1.5"; MAX_ENTRIES].join(","));
+        assert!(parse(Format::Json, ok.as_bytes()).is_ok());
+        assert_eq!(
+            tree(Format::Json, r#"{"a":[1,-2,2.5,null,true,"x"]}"#),
+            json!({"a":[1,-2,2.5,null,true,"x"]})
+        );
     }
 
     #[test]

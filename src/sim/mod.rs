@@ -1,6 +1,9 @@
 //! The fleet simulator: simulated nodes on loopback, each with its own listener (its own port), answering HTTP/1.1
 //! (optionally over TLS) with a new connection per request, as a real fleet does. Used by `plumb demo`, the tests
 //! and the benchmarks. Each node's routes can be changed while it runs, so tests can make nodes drift or converge.
+//! Some behaviors are hostile on purpose (tests/hostile.rs): an endless body, slowloris, a gzip bomb, redirect
+//! loops and redirects elsewhere, HTTP/1.0 without a length; [`ServerCert`] gives expired and self-signed
+//! certificates.
 
 pub mod demo;
 
@@ -45,6 +48,27 @@ pub enum Behavior {
         make: Generator,
         etag: Option<String>,
     },
+
+    // Hostile nodes (issue 8): each misbehaves in one way a broken or compromised node can.
+    /// 200 with a body that never ends (chunked, 64 KiB chunks of `fill` as fast as the client reads).
+    Endless { content_type: String, fill: u8 },
+    /// Slowloris: the whole answer, status line and headers included, one byte per `interval`, never ending.
+    Dribble { interval: Duration },
+    /// A gzip bomb: `Content-Encoding: gzip` sent unasked, with a valid deflate stream (fixed Huffman codes,
+    /// about 1:160) that inflates to `inflated` bytes of `fill`; `Content-Length` is the compressed size. The
+    /// gzip trailer (CRC and size) is left out: a client that inflates fails only after the whole size.
+    GzipBomb {
+        content_type: String,
+        fill: u8,
+        inflated: u64,
+    },
+    /// A redirect (`status` 301, 302, 303, 307 or 308) to `location`, as sent (relative or absolute).
+    Redirect { status: u16, location: String },
+    /// An HTTP/1.0 answer without `Content-Length`: the body ends when the connection closes.
+    Http10 {
+        content_type: String,
+        body: Arc<Vec<u8>>,
+    },
 }
 
 /// Makes a body on request.
@@ -63,6 +87,14 @@ impl Behavior {
         Behavior::Serve {
             content_type: content_type.to_string(),
             body: Arc::new(body.into()),
+        }
+    }
+
+    /// A redirect to `location` with `302 Found`.
+    pub fn redirect(location: impl Into<String>) -> Behavior {
+        Behavior::Redirect {
+            status: 302,
+            location: location.into(),
         }
     }
 
@@ -162,10 +194,30 @@ pub struct TlsMaterial {
     pub client_pem: String,
 }
 
+/// Which server certificate a simulated fleet presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerCert {
+    /// Signed by the generated CA, valid now.
+    #[default]
+    Valid,
+    /// Signed by the generated CA, but expired: valid from 2020-01-01 to 2021-01-01.
+    Expired,
+    /// Self-signed (no CA signs it); the generated CA (`ca_pem`) does not make it trusted.
+    SelfSigned,
+}
+
 impl TlsMaterial {
     /// Generate a CA, a server certificate and a client certificate. `require_client_cert` makes the server
     /// demand a client certificate signed by the CA.
     pub fn generate(require_client_cert: bool) -> Result<TlsMaterial, String> {
+        TlsMaterial::generate_with(require_client_cert, ServerCert::Valid)
+    }
+
+    /// [`TlsMaterial::generate`] with the server certificate of a hostile or broken node.
+    pub fn generate_with(
+        require_client_cert: bool,
+        server_cert: ServerCert,
+    ) -> Result<TlsMaterial, String> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let e = |m: &dyn std::fmt::Display| m.to_string();
         let ca_key = KeyPair::generate().map_err(|x| e(&x))?;
@@ -177,10 +229,21 @@ impl TlsMaterial {
         let ca_cert = ca_params.self_signed(&ca_key).map_err(|x| e(&x))?;
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().map_err(|x| e(&x))?;
-        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .map_err(|x| e(&x))?
-            .signed_by(&leaf_key, &issuer)
-            .map_err(|x| e(&x))?;
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .map_err(|x| e(&x))?;
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "plumb simulator node");
+        if server_cert == ServerCert::Expired {
+            leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let leaf = match server_cert {
+            ServerCert::SelfSigned => leaf_params.self_signed(&leaf_key),
+            ServerCert::Valid | ServerCert::Expired => leaf_params.signed_by(&leaf_key, &issuer),
+        }
+        .map_err(|x| e(&x))?;
         let client_key = KeyPair::generate().map_err(|x| e(&x))?;
         let mut client_params =
             CertificateParams::new(vec!["plumb-client".to_string()]).map_err(|x| e(&x))?;
@@ -209,8 +272,14 @@ impl TlsMaterial {
             builder.with_no_client_auth()
         };
         let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let chain = match server_cert {
+            ServerCert::SelfSigned => vec![leaf.der().clone()],
+            ServerCert::Valid | ServerCert::Expired => {
+                vec![leaf.der().clone(), ca_cert.der().clone()]
+            }
+        };
         let server = builder
-            .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key_der)
+            .with_single_cert(chain, key_der)
             .map_err(|x| e(&x))?;
         Ok(TlsMaterial {
             ca_pem: ca_cert.pem(),
@@ -401,6 +470,71 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes, sta
         Some(Behavior::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        Some(Behavior::Endless { content_type, fill }) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            );
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut chunk = format!("{:x}\r\n", 64 * 1024).into_bytes();
+            chunk.extend(std::iter::repeat_n(fill, 64 * 1024));
+            chunk.extend_from_slice(b"\r\n");
+            while s.write_all(&chunk).await.is_ok() {}
+            return;
+        }
+        Some(Behavior::Dribble { interval }) => {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let body = std::iter::repeat(b"1\r\n \r\n").flat_map(|c| c.iter());
+            for b in head.iter().chain(body) {
+                if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }
+        Some(Behavior::GzipBomb {
+            content_type,
+            fill,
+            inflated,
+        }) => {
+            let bomb = GzipBomb::new(fill, inflated);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bomb.len()
+            );
+            if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&bomb.head).await.is_err()
+            {
+                return;
+            }
+            let per_write = (64 * 1024 / bomb.pattern.len()) as u64;
+            let block = bomb.pattern.repeat(per_write as usize);
+            let mut left = bomb.repeats;
+            while left > 0 {
+                let n = left.min(per_write);
+                let bytes = &block[..n as usize * bomb.pattern.len()];
+                if s.write_all(bytes).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            let _ = s.write_all(&bomb.tail).await;
+            let _ = s.flush().await;
+        }
+        Some(Behavior::Redirect { status, location }) => {
+            let head = format!(
+                "HTTP/1.1 {status} Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.flush().await;
+        }
+        Some(Behavior::Http10 { content_type, body }) => {
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: {content_type}\r\n\r\n");
+            if s.write_all(head.as_bytes()).await.is_ok() {
+                let _ = s.write_all(&body).await;
+                let _ = s.flush().await;
+            }
+        }
         Some(Behavior::Slow { body, interval }) => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -418,6 +552,128 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, routes: Routes, sta
         }
     }
     let _ = s.shutdown().await;
+}
+
+/// A gzip stream that inflates to many copies of one byte, in three parts: `head`, then `pattern` `repeats`
+/// times, then `tail`. Deflate with the fixed Huffman codes: one literal, then matches of length 258 at
+/// distance 1 (13 bits each; eight of them fill 13 bytes, so the middle is one 13-byte pattern repeated).
+pub struct GzipBomb {
+    pub head: Vec<u8>,
+    pub pattern: Vec<u8>,
+    pub repeats: u64,
+    pub tail: Vec<u8>,
+}
+
+/// Deflate's bit order: fields least significant bit first, Huffman codes most significant bit first.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u32,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u32, count: u32) {
+        for i in 0..count {
+            self.acc |= ((value >> i) & 1) << self.n;
+            self.n += 1;
+            if self.n == 8 {
+                self.out.push(self.acc as u8);
+                (self.acc, self.n) = (0, 0);
+            }
+        }
+    }
+    fn code(&mut self, code: u32, len: u32) {
+        for i in (0..len).rev() {
+            self.put((code >> i) & 1, 1);
+        }
+    }
+    fn literal(&mut self, byte: u8) {
+        match byte {
+            0..=143 => self.code(0x30 + u32::from(byte), 8),
+            _ => self.code(0x190 + u32::from(byte) - 144, 9),
+        }
+    }
+    /// Length 258 (code 285, no extra bits), distance 1 (code 0, no extra bits).
+    fn repeat(&mut self) {
+        self.code(0xC5, 8);
+        self.code(0, 5);
+    }
+    fn aligned(&self) -> bool {
+        self.n == 0
+    }
+    fn finish(mut self) -> Vec<u8> {
+        if self.n > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+impl GzipBomb {
+    /// The stream for `inflated` bytes of `fill`.
+    pub fn new(fill: u8, inflated: u64) -> GzipBomb {
+        let mut w = Bits::default();
+        // gzip header: magic, deflate, no flags, no mtime, no extra flags, unknown OS.
+        w.out
+            .extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+        w.put(1, 1); // last block
+        w.put(1, 2); // fixed Huffman codes
+        let (mut matches, literals) = if inflated == 0 {
+            (0, 0)
+        } else {
+            w.literal(fill);
+            ((inflated - 1) / 258, (inflated - 1) % 258)
+        };
+        while matches > 0 && !w.aligned() {
+            w.repeat();
+            matches -= 1;
+        }
+        let (head, pattern, repeats, mut w) = if w.aligned() && matches >= 8 {
+            let mut p = Bits::default();
+            for _ in 0..8 {
+                p.repeat();
+            }
+            let repeats = matches / 8;
+            matches %= 8;
+            (w.finish(), p.finish(), repeats, Bits::default())
+        } else {
+            (Vec::new(), Vec::new(), 0, w)
+        };
+        for _ in 0..matches {
+            w.repeat();
+        }
+        for _ in 0..literals {
+            w.literal(fill);
+        }
+        w.code(0, 7); // end of block
+        GzipBomb {
+            head,
+            pattern,
+            repeats,
+            tail: w.finish(),
+        }
+    }
+
+    /// The compressed size.
+    pub fn len(&self) -> u64 {
+        (self.head.len() + self.tail.len()) as u64 + self.pattern.len() as u64 * self.repeats
+    }
+
+    /// Never: even an empty stream has its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The whole stream in memory (small bombs, tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = self.head.clone();
+        for _ in 0..self.repeats {
+            v.extend_from_slice(&self.pattern);
+        }
+        v.extend_from_slice(&self.tail);
+        v
+    }
 }
 
 async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: u16, content_type: &str, body: &[u8]) {
@@ -481,5 +737,18 @@ mod tests {
         ));
         // No etag at all: If-None-Match never matches (not even `*`, there is no representation tag to match).
         assert!(!not_modified(&req("If-None-Match: \"v1\"\r\n"), None, lm));
+    }
+
+    #[test]
+    fn the_gzip_bomb_is_small_and_its_layout_adds_up() {
+        for inflated in [0u64, 1, 2, 259, 260, 258 * 9 + 1, 258 * 100 + 77, 1 << 20] {
+            let b = GzipBomb::new(b' ', inflated);
+            assert_eq!(b.len(), b.to_vec().len() as u64, "{inflated}");
+            assert_eq!(&b.to_vec()[..3], &[0x1f, 0x8b, 8]);
+        }
+        // About 1:160: 1 GiB in under 7 MB.
+        let b = GzipBomb::new(b' ', 1 << 30);
+        assert!(b.len() < 7_000_000, "{}", b.len());
+        assert_eq!(b.pattern.len(), 13);
     }
 }
