@@ -15,7 +15,8 @@ use std::sync::Arc;
 /// Open the store: `--store` if given, else `[store] path` beside plumb.toml.
 pub fn open(plan: &Plan, over: Option<&Path>) -> Result<SqliteStore> {
     let path = over.map_or_else(|| plan.store_path.clone(), Path::to_path_buf);
-    SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
+    // The error names the store file already.
+    SqliteStore::open(&path).context("cannot open the store")
 }
 
 /// One scan with the store: redaction, baseline versions and regressions always; lifecycle states and the
@@ -29,14 +30,15 @@ pub fn scan(
     notify: bool,
 ) -> Result<(ScanOutput, usize)> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let memory = scan::prepare(&plan, store, &mut opts, &now)?;
+    let memory = scan::prepare(&plan, store, &mut opts, &now).context("cannot start the scan")?;
     let mut output = rt.block_on(async {
         let collector = Arc::new(Collector::new(&plan)?);
         Ok::<_, anyhow::Error>(scan::run(plan.clone(), collector, opts).await?)
     })?;
     let mut queued = 0;
     if record {
-        queued = scan::record(&plan, store, &memory, &mut output, notify)?;
+        queued = scan::record(&plan, store, &memory, &mut output, notify)
+            .context("the scan could not be recorded; nothing of it was stored (run it again)")?;
     }
     Ok((output, queued))
 }
@@ -299,7 +301,9 @@ pub fn deliver(
 ) -> Result<crate::notify::dispatch::Stats> {
     let d = crate::notify::dispatch::Dispatcher::new(&plan.sinks, Default::default())
         .map_err(|e| anyhow!(e))?;
-    Ok(rt.block_on(d.drain(store, wait))?)
+    // Every attempt is on record before anything is sent (see `Dispatcher::tick`).
+    rt.block_on(d.drain(store, wait))
+        .context("cannot deliver the outbox")
 }
 
 /// One line about a delivery run, for stderr.

@@ -406,21 +406,30 @@ async fn dispatch_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiv
     }
 }
 
-/// The newest modification time under the configuration: plumb.toml, the inventory, baselines/, rules/.
-fn config_mtime(config_path: &Path) -> Option<SystemTime> {
-    fn walk(p: &Path, newest: &mut Option<SystemTime>, depth: usize) {
+/// What the watcher compares: the path, modification time and size of plumb.toml, the inventory, and everything
+/// under baselines/ and rules/, hashed. Not the newest time alone: file times are coarse (a clock tick), so an
+/// editor's second write can keep the time of its first, and a file moved into place keeps its own older time.
+fn config_stamp(config_path: &Path) -> blake3::Hash {
+    fn walk(p: &Path, h: &mut blake3::Hasher, depth: usize) {
         let Ok(meta) = std::fs::metadata(p) else {
             return;
         };
-        if let Ok(m) = meta.modified() {
-            *newest = Some(newest.map_or(m, |n| n.max(m)));
-        }
+        h.update(p.as_os_str().as_encoded_bytes());
+        let nanos = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h.update(&nanos.to_le_bytes());
+        h.update(&meta.len().to_le_bytes());
         if meta.is_dir()
             && depth < 4
             && let Ok(rd) = std::fs::read_dir(p)
         {
-            for e in rd.flatten() {
-                walk(&e.path(), newest, depth + 1);
+            let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for e in entries {
+                walk(&e, h, depth + 1);
             }
         }
     }
@@ -428,13 +437,16 @@ fn config_mtime(config_path: &Path) -> Option<SystemTime> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut newest = None;
-    walk(config_path, &mut newest, 0);
+    let mut h = blake3::Hasher::new();
+    walk(config_path, &mut h, 0);
     for d in ["baselines", "rules", "nodes.csv", "nodes.json"] {
-        walk(&root.join(d), &mut newest, 0);
+        walk(&root.join(d), &mut h, 0);
     }
-    newest
+    h.finalize()
 }
+
+/// How long the configuration files must stay unchanged before the watcher reloads them.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// Reload on SIGHUP or when a file changed. A bad configuration is rejected whole: the daemon keeps its last good
 /// one, logs every `file:line`, shows it in `/healthz` and `/metrics`, and raises a self-alert.
@@ -445,7 +457,7 @@ async fn watch(
     #[cfg(not(unix))] _hup: Option<()>,
     every: Duration,
 ) {
-    let mut seen = config_mtime(&shared.config_path);
+    let mut seen = config_stamp(&shared.config_path);
     loop {
         #[cfg(unix)]
         let hup_fut = async {
@@ -463,9 +475,24 @@ async fn watch(
             _ = tokio::time::sleep(every) => false,
             _ = stop.changed() => return,
         };
-        let now_m = config_mtime(&shared.config_path);
+        let mut now_m = config_stamp(&shared.config_path);
         if !by_signal && now_m == seen {
             continue;
+        }
+        if !by_signal {
+            // Wait until the files are still: an editor's save (truncate, write, write…) or a checkout of several
+            // files is taken in when it is done, not half-way (an empty plumb.toml is a valid one).
+            for _ in 0..10 {
+                tokio::select! {
+                    _ = tokio::time::sleep(SETTLE) => {}
+                    _ = stop.changed() => return,
+                }
+                let again = config_stamp(&shared.config_path);
+                if again == now_m {
+                    break;
+                }
+                now_m = again;
+            }
         }
         seen = now_m;
         reload(

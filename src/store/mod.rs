@@ -3,6 +3,7 @@
 //!
 //! A scan's results are written in one transaction: a scan killed at any moment leaves the previous state intact.
 
+pub mod spool;
 pub mod sqlite;
 
 use crate::lifecycle::{Ack, Record};
@@ -60,8 +61,10 @@ pub struct Snapshot {
     pub node: String,
     pub config: String,
     pub hash: String,
-    /// `None` when the content is unchanged since the last scan (nothing is rewritten).
+    /// The content to write; `None` when it is unchanged since the last scan or already in the store (spooled).
     pub content: Option<String>,
+    /// The target's content differs from its last scan's: its current hash and history move on.
+    pub changed: bool,
 }
 
 /// Everything one scan writes.
@@ -106,6 +109,10 @@ pub struct OutboxRow {
 /// What happened to an outbox item.
 #[derive(Debug, Clone)]
 pub enum OutboxUpdate {
+    /// A delivery attempt is about to start: counted, and noted in `last_error` until its outcome replaces the
+    /// note. Written before anything is sent, so an alert never goes out when the store cannot record it, and an
+    /// attempt cut short (plumb killed) stays visible.
+    Attempt { at: String },
     /// Delivered; tickets remember (sink, key, external id).
     Sent {
         at: String,
@@ -179,8 +186,14 @@ pub trait Store: Send {
         current: &[BaselineVersion],
         now: &str,
     ) -> Result<Vec<BaselineVersion>, StoreError>;
-    /// Write one scan's results, all or nothing.
+    /// Write one scan's results, all or nothing. A changed snapshot without content must already be in the store
+    /// (written by the spool); if it is not, nothing is written and the error says so.
     fn commit(&mut self, scan: &ScanCommit) -> Result<(), StoreError>;
+    /// A writer for snapshot contents while a scan runs (`first_seen`: the scan's start); `None` when this store
+    /// has none (the commit then writes every content).
+    fn spool(&mut self, _first_seen: &str) -> Option<spool::Spool> {
+        None
+    }
     /// Stored findings matching `filter`.
     fn findings(&mut self, filter: &FindingFilter) -> Result<Vec<Record>, StoreError>;
     /// The snapshot timeline of a node (and config), oldest first.

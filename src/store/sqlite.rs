@@ -211,10 +211,45 @@ impl SqliteStore {
 }
 
 fn err(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let mut message = e.to_string();
+    // SQLite says "disk I/O error" or "unable to open database file" where the cause is a full or read-only file
+    // system (it cannot create the WAL index): ask the file system itself, and say that.
+    if matches!(
+        e.sqlite_error_code(),
+        Some(C::DiskFull | C::ReadOnly | C::CannotOpen | C::SystemIoFailure)
+    ) && let Some(why) = unwritable(path)
+    {
+        message = format!("{why} ({message})");
+    }
     StoreError::Sqlite {
         path: path.display().to_string(),
-        message: e.to_string(),
+        message,
     }
+}
+
+/// Why the store's directory cannot be written to, found by writing a small probe file there; `None` if it can.
+fn unwritable(path: &Path) -> Option<String> {
+    if path == Path::new(":memory:") {
+        return None;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let probe = dir.join(format!(".plumb-write-probe-{}", std::process::id()));
+    let res = std::fs::write(&probe, b"plumb");
+    let _ = std::fs::remove_file(&probe);
+    let e = res.err()?;
+    let why = match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            "no space left on the device".to_string()
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => "the file system is read-only".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    Some(format!("cannot write in {}: {why}", dir.display()))
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {
@@ -222,6 +257,35 @@ fn json_err(e: serde_json::Error) -> StoreError {
 }
 
 impl Store for SqliteStore {
+    fn spool(&mut self, first_seen: &str) -> Option<super::spool::Spool> {
+        if self.path.as_os_str() == ":memory:" {
+            return None;
+        }
+        // A second connection: the writer thread owns it; WAL lets the scan's reads go on meanwhile.
+        let path = self.path.clone();
+        let conn = Connection::open(&path).ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;").ok()?;
+        let first_seen = first_seen.to_string();
+        let mut conn = conn;
+        super::spool::Spool::start(Box::new(move |batch: &[(String, String)]| {
+            let e = |x| err(&path, x);
+            let tx = conn.transaction().map_err(e)?;
+            {
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO snapshots (hash, content, size, first_seen) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(e)?;
+                for (hash, content) in batch {
+                    ins.execute(params![hash, content, content.len() as i64, first_seen])
+                        .map_err(e)?;
+                }
+            }
+            tx.commit().map_err(e)
+        }))
+    }
+
     fn secret_key(&mut self) -> Result<[u8; 32], StoreError> {
         let existing: Option<Vec<u8>> = self
             .conn
@@ -442,11 +506,24 @@ impl Store for SqliteStore {
             let mut ins_hist = tx
                 .prepare_cached("INSERT INTO history (node, config, at, scan_id, hash) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(e)?;
+            let mut has_snap = tx
+                .prepare_cached("SELECT 1 FROM snapshots WHERE hash = ?1")
+                .map_err(e)?;
             for s in &scan.snapshots {
                 if let Some(c) = &s.content {
                     ins_snap
                         .execute(params![s.hash, c, c.len() as i64, scan.started_at])
                         .map_err(e)?;
+                } else if s.changed && !has_snap.exists(params![s.hash]).map_err(e)? {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: snapshot {} of {}/{} was not written; the scan is not recorded",
+                        path.display(),
+                        s.hash,
+                        s.node,
+                        s.config
+                    )));
+                }
+                if s.changed {
                     up_target
                         .execute(params![s.node, s.config, s.hash])
                         .map_err(e)?;
@@ -591,6 +668,18 @@ impl Store for SqliteStore {
                     .map_err(e)?;
                 }
             }
+            OutboxUpdate::Attempt { at } => {
+                tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1 AND status = 'pending'",
+                    params![
+                        id,
+                        format!(
+                            "delivery started at {at}, outcome not recorded (plumb stopped?); it will be sent again"
+                        )
+                    ],
+                )
+                .map_err(e)?;
+            }
             OutboxUpdate::Retry {
                 attempts,
                 next_at,
@@ -604,7 +693,7 @@ impl Store for SqliteStore {
             }
             OutboxUpdate::Dead { at, error } => {
                 tx.execute(
-                    "UPDATE outbox SET status = 'dead', done_at = ?2, last_error = ?3, attempts = attempts + 1 WHERE id = ?1",
+                    "UPDATE outbox SET status = 'dead', done_at = ?2, last_error = ?3 WHERE id = ?1",
                     params![id, at, error],
                 )
                 .map_err(e)?;
@@ -784,12 +873,13 @@ impl Store for SqliteStore {
                 params![before],
             )
             .map_err(e)?;
-        // Snapshots nothing points to any more: no history entry and no target's current hash.
+        // Snapshots nothing points to any more: no history entry and no target's current hash. Only old ones: a
+        // scan running in another process may have spooled contents its commit has yet to point to.
         p.snapshots = tx
             .execute(
-                "DELETE FROM snapshots WHERE hash NOT IN (SELECT hash FROM history) \
+                "DELETE FROM snapshots WHERE first_seen < ?1 AND hash NOT IN (SELECT hash FROM history) \
                  AND hash NOT IN (SELECT hash FROM targets WHERE hash IS NOT NULL)",
-                [],
+                params![before],
             )
             .map_err(e)?;
         tx.commit().map_err(e)?;
@@ -852,6 +942,7 @@ mod tests {
             config: "c".into(),
             hash: hash.into(),
             content: content.map(str::to_string),
+            changed: content.is_some(),
         }
     }
 

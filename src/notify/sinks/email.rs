@@ -182,12 +182,22 @@ fn retry(sink: &SinkPlan, reason: impl std::fmt::Display) -> DeliveryError {
     }
 }
 
-/// Belt and braces: a reason never carries the password, whatever a server or library echoes.
+/// Belt and braces: a reason never carries the password, whatever a server or library echoes. What a server sent
+/// (a garbage greeting ends up in lettre's error) is kept to one line of bounded length: reasons are printed, logged
+/// and sent in self-alerts.
 fn scrub(sink: &SinkPlan, s: &str) -> String {
-    match sink.password.as_deref() {
+    let s = match sink.password.as_deref() {
         Some(p) if !p.is_empty() => s.replace(p, "***"),
         _ => s.to_string(),
+    };
+    const MAX: usize = 400;
+    let mut out = one_line(&s.chars().take(MAX).collect::<String>())
+        .trim_end()
+        .to_string();
+    if s.chars().nth(MAX).is_some() {
+        out.push('…');
     }
+    out
 }
 
 /// One line for a header: control characters (CR, LF…) become spaces.

@@ -188,7 +188,14 @@ pub fn classify_status(
     if status.is_success() {
         return Ok(());
     }
-    let snippet: String = body.chars().take(200).collect();
+    // The peer's words, as one line without control characters (no terminal escapes reach a log or a terminal).
+    let snippet: String = body
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string();
     let reason = format!(
         "HTTP {}{}",
         status.as_u16(),
