@@ -20,6 +20,38 @@ pub struct BaselineFile {
     pub doc: Document,
     /// Whether the content holds `${node.*}` placeholders.
     pub templated: bool,
+    /// Every distinct string of the document (key, value or line) holding a placeholder: what a node must be able
+    /// to fill, checked at load without building each node's copy.
+    pub placeholders: Vec<String>,
+}
+
+/// The distinct strings of `doc` that hold `${node.` placeholders.
+fn placeholder_strings(doc: &Document) -> Vec<String> {
+    fn walk(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::String(s) if s.contains("${node.") => {
+                out.insert(s.clone());
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if k.contains("${node.") {
+                        out.insert(k.clone());
+                    }
+                    walk(x, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    match doc {
+        Document::Tree(v) => walk(v, &mut out),
+        Document::Text(lines) => {
+            out.extend(lines.iter().filter(|l| l.contains("${node.")).cloned())
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Which file applies to a node.
@@ -242,8 +274,7 @@ pub fn load_dir(
                 ));
             }
             if let Some((_, f)) = cb.resolve(n)
-                && f.templated
-                && let Err(m) = substitute_doc(&f.doc, n)
+                && let Some(m) = f.placeholders.iter().find_map(|s| substitute(s, n).err())
             {
                 errs.push(ConfigError::at(&f.path, None, None, m));
             }
@@ -325,19 +356,9 @@ fn load_config_dir(
                     None,
                     format!("cannot read: {e}"),
                 )),
-                Ok(text) => match toml::from_str::<RawCompare>(&text) {
-                    Err(e) => {
-                        errs.push(ConfigError::from_toml(&path, &text, &e));
-                    }
-                    Ok(raw) => {
-                        let mut e = |needle: &str, m: String| {
-                            let (l, c) = text
-                                .find(needle)
-                                .map(|o| line_col(&text, o))
-                                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-                            errs.push(ConfigError::at(&path, l, c, m));
-                        };
-                        let pc = PartialCompare::compile(&raw, &mut e);
+                Ok(text) => match parse_settings(&path, &text) {
+                    Err(e) => errs.extend(e),
+                    Ok(pc) => {
                         set.settings.insert(config.name.clone(), pc);
                     }
                 },
@@ -386,6 +407,22 @@ fn load_config_dir(
         }
     }
     cb
+}
+
+/// Parse the text of a `baseline.toml` (`path` names it in errors; nothing is read from disk).
+pub fn parse_settings(path: &Path, text: &str) -> Result<PartialCompare, Vec<ConfigError>> {
+    let raw = toml::from_str::<RawCompare>(text)
+        .map_err(|e| vec![ConfigError::from_toml(path, text, &e)])?;
+    let mut errs = Vec::new();
+    let mut e = |needle: &str, m: String| {
+        let (l, c) = text
+            .find(needle)
+            .map(|o| line_col(text, o))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        errs.push(ConfigError::at(path, l, c, m));
+    };
+    let pc = PartialCompare::compile(&raw, &mut e);
+    if errs.is_empty() { Ok(pc) } else { Err(errs) }
 }
 
 fn load_file(
@@ -439,11 +476,13 @@ fn load_file(
     match normalize::parse(format, &bytes) {
         Ok(doc) => {
             let templated = bytes.windows(7).any(|w| w == b"${node.");
+            let placeholders = placeholder_strings(&doc);
             Some(BaselineFile {
                 path: path.to_path_buf(),
                 format,
                 doc,
                 templated,
+                placeholders,
             })
         }
         Err(e) => {
@@ -556,6 +595,59 @@ pub fn substitute_doc(doc: &Document, node: &Node) -> Result<Document, String> {
                 .collect::<Result<_, _>>()?,
         ),
     })
+}
+
+/// Whether `actual` equals `template` with the node's variables substituted, without building the substituted
+/// document: the cost of one comparison, no allocation for strings without a placeholder. `false` also when a
+/// placeholder cannot be resolved (the caller then takes the full path, which reports it).
+pub fn matches_template(template: &Document, actual: &Document, node: &Node) -> bool {
+    fn str_eq(t: &str, a: &str, node: &Node) -> bool {
+        if !t.contains("${node.") {
+            return t == a;
+        }
+        substitute(t, node).is_ok_and(|s| s == a)
+    }
+    fn walk(t: &Value, a: &Value, node: &Node) -> bool {
+        match (t, a) {
+            (Value::String(t), Value::String(a)) => str_eq(t, a, node),
+            (Value::Array(t), Value::Array(a)) => {
+                t.len() == a.len() && t.iter().zip(a).all(|(t, a)| walk(t, a, node))
+            }
+            (Value::Object(t), Value::Object(a)) => {
+                if t.len() != a.len() {
+                    return false;
+                }
+                // Keys without placeholders keep their order: walk both maps side by side.
+                if !t.keys().any(|k| k.contains("${node.")) {
+                    return t
+                        .iter()
+                        .zip(a)
+                        .all(|((tk, tv), (ak, av))| tk == ak && walk(tv, av, node));
+                }
+                // Equal sizes and every substituted key found with an equal value: the maps are equal (two
+                // template keys that substitute to one key make the sizes differ, and the full path decides).
+                t.iter().all(|(k, tv)| {
+                    let av = if k.contains("${node.") {
+                        match substitute(k, node) {
+                            Ok(key) => a.get(key.as_ref()),
+                            Err(_) => None,
+                        }
+                    } else {
+                        a.get(k)
+                    };
+                    av.is_some_and(|av| walk(tv, av, node))
+                })
+            }
+            (t, a) => t == a,
+        }
+    }
+    match (template, actual) {
+        (Document::Tree(t), Document::Tree(a)) => walk(t, a, node),
+        (Document::Text(t), Document::Text(a)) => {
+            t.len() == a.len() && t.iter().zip(a).all(|(t, a)| str_eq(t, a, node))
+        }
+        _ => false,
+    }
 }
 
 /// Serialize a document for a baseline file of `format`.

@@ -64,6 +64,8 @@ pub struct BenchResult {
     pub cold_ratio: f64,
     pub warm_ratio: f64,
     pub peak_rss_bytes: u64,
+    /// `VmRSS` after the simulator started and the plan loaded, before the first scan (same process).
+    pub rss_before_scans_bytes: u64,
 }
 
 /// A directory removed when dropped.
@@ -234,6 +236,19 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Resident set size of this process now (`VmRSS`), in bytes.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Run the benchmark; `say` receives the human lines as they come. Must run inside a multi-thread tokio runtime.
 pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult, String> {
     if opts.nodes == 0 {
@@ -359,9 +374,19 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     };
     let mut raws = vec![raw_sweep(&plan).await?];
     say(&raw_line(raws[0]));
+    // What the simulator, the plan and the runtime hold before any scan: the scanner's own share is the rest.
+    let before_scans = rss_bytes();
+    say(&format!(
+        "RSS before the scans (simulator, plan, runtime): {:.1} MB",
+        before_scans as f64 / 1e6
+    ));
     let mut store = SqliteStore::open(&plan.store_path).map_err(|e| e.to_string())?;
     let cold = recorded(&plan, &mut store).await?;
-    say(&cold.line("cold scan:", n));
+    say(&format!(
+        "{}; peak RSS so far {:.1} MB",
+        cold.line("cold scan:", n),
+        peak_rss_bytes() as f64 / 1e6
+    ));
     let mut warms = Vec::new();
     for _ in 0..opts.rounds.max(1) {
         let warm = recorded(&plan, &mut store).await?;
@@ -401,6 +426,7 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
         cold_ratio: round(raw.as_secs_f64() / cold.total.as_secs_f64(), 3),
         warm_ratio: round(raw.as_secs_f64() / warm.as_secs_f64(), 3),
         peak_rss_bytes: peak_rss_bytes(),
+        rss_before_scans_bytes: before_scans,
     };
     say(&format!(
         "medians: raw {:.1} ms, warm {:.1} ms; cold / raw rate: {:.3}   warm / raw rate: {:.3}   peak RSS: {:.1} MB",

@@ -38,6 +38,8 @@ pub struct TargetResult {
     /// A warm result: the body, baseline and rules are those of the last evaluation (or the node answered
     /// `304 Not Modified`), so normalize, compare and rules were skipped and the last findings stand.
     pub unchanged: bool,
+    /// The snapshot's content went to the store's spool while the scan ran (the commit only points to it).
+    pub spooled: bool,
     /// The input key to remember for this target: set after a full evaluation of read content (`None` there
     /// forgets the old key); on a warm result, set only when the node's validators changed.
     pub input: Option<InputMemo>,
@@ -256,6 +258,7 @@ pub fn evaluate_fetched(
         snapshot: None,
         fetch_seconds: 0.0,
         unchanged: false,
+        spooled: false,
         input: None,
     };
     let target = (node.name.clone(), cfg.name.clone());
@@ -310,6 +313,21 @@ pub fn evaluate_fetched(
     r.read = true;
     let raw_len = bytes.len();
     drop(bytes);
+    let resolved = plan
+        .baselines
+        .configs
+        .get(&cfg.name)
+        .and_then(|c| c.resolve(node));
+    // Most nodes match their baseline: one comparison against the (unsubstituted) baseline tells, before
+    // redaction (which rewrites both sides alike), and spares building, redacting and diffing a per-node copy.
+    let matches_baseline = resolved.is_some_and(|(_, f)| {
+        if f.templated {
+            crate::baseline::matches_template(&f.doc, &live, node)
+        } else {
+            f.doc == live
+        }
+    });
+    let rules: Vec<&crate::rules::Rule> = plan.rules.for_target(&cfg.name, node).collect();
     // Secrets are replaced before anything is compared, stored, printed or sent.
     if let Some(red) = &ctx.redactor {
         red.redact(&mut live);
@@ -321,13 +339,17 @@ pub fn evaluate_fetched(
         .get(&target)
         .is_some_and(|h| h.as_deref() == Some(hash.as_str()));
     r.snapshot = Some((hash, if unchanged { None } else { Some(text) }));
-    let mut baseline = plan.baselines.for_node(&cfg.name, node);
+    let mut baseline = if matches_baseline && !rules.iter().any(|r| r.reads_baseline()) {
+        None
+    } else {
+        plan.baselines.for_node(&cfg.name, node)
+    };
     if let (Some(red), Some((_, _, doc))) = (&ctx.redactor, baseline.as_mut()) {
         red.redact(doc);
     }
     // Rules run on the same normalized tree as the comparison, parsed once.
     let mut cel = CelCache::default();
-    for rule in plan.rules.for_target(&cfg.name, node) {
+    for rule in rules {
         let input = Input {
             node,
             config: &cfg.name,
@@ -381,6 +403,9 @@ pub fn evaluate_fetched(
         }
     }
     match baseline {
+        None if matches_baseline => {
+            r.baseline = resolved.map(|(scope, f)| (scope, f.path.clone()));
+        }
         None => {
             r.findings.push(coverage(
                 Kind::Unbaselined,
@@ -408,6 +433,23 @@ pub fn evaluate_fetched(
                 }
                 f
             }));
+            if cmp.omitted > 0 {
+                let mut f = coverage(
+                    Kind::Drift,
+                    node,
+                    cfg,
+                    format!(
+                        "{}/{}: {} more differences not listed (plumb lists at most {} per config and node)",
+                        node.name,
+                        cfg.name,
+                        cmp.omitted,
+                        compare::MAX_DIFFERENCES
+                    ),
+                    now,
+                );
+                f.fingerprint = fingerprint(Kind::Drift, &node.name, &cfg.name, "more differences");
+                r.findings.push(f);
+            }
             r.unified = cmp.unified;
         }
     }
@@ -548,6 +590,7 @@ pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
         snapshot: None,
         fetch_seconds: 0.0,
         unchanged: false,
+        spooled: false,
         input: None,
     }
 }

@@ -31,6 +31,8 @@ pub struct ScanOptions {
     pub context: classify::Context,
     /// Called with (done, total) as targets finish (the progress bar of `plumb audit` on a terminal).
     pub progress: Option<Progress>,
+    /// Where snapshot contents stream while the scan runs (set by [`prepare`] when the store has one).
+    pub spool: Option<Arc<crate::store::spool::Spool>>,
 }
 
 /// A progress callback.
@@ -112,6 +114,9 @@ pub async fn run(
     }
 
     let sem = Arc::new(Semaphore::new(plan.scan.concurrency));
+    let spool = opts.spool.take();
+    let total = targets_wanted.len();
+    let mut targets = Vec::with_capacity(total);
     let mut set = tokio::task::JoinSet::new();
     // Shared by every task through one reference count each (cheap to clone at fleet scale).
     let shared_ctx = Arc::new(std::mem::take(&mut opts.context));
@@ -125,8 +130,14 @@ pub async fn run(
         );
         let keep = opts.keep_documents;
         let ctx = shared_ctx.clone();
+        let spool = spool.clone();
+        // Spawned once a fetch slot is free, so that only `concurrency` tasks exist at a time (a task's future is
+        // kilobytes; 100,000 spawned up front would hold them all), with finished results collected meanwhile.
+        let permit = sem.acquire_owned().await;
+        while let Some(joined) = set.try_join_next() {
+            collect_one(joined, &mut targets, total, &opts);
+        }
         set.spawn(async move {
-            let permit = sem.acquire_owned().await;
             let node = &plan.nodes[ni];
             let cfg = &plan.configs[ci];
             // The context half of the input key; with a stored key for it, the fetch is conditional.
@@ -151,24 +162,58 @@ pub async fn run(
             }))
             .unwrap_or_else(|_| classify::crashed(node, cfg, &now));
             r.fetch_seconds = fetch_seconds;
+            // The content goes to the store now rather than waiting in memory for the commit.
+            if let (Some(spool), Some((hash, content @ Some(_)))) = (&spool, &mut r.snapshot)
+                && let Some(text) = content.take()
+            {
+                match spool.put(hash.clone(), text).await {
+                    Ok(()) => r.spooled = true,
+                    Err((_, text)) => *content = Some(text),
+                }
+            }
             r
         });
     }
-    let mut targets = Vec::with_capacity(targets_wanted.len());
-    let total = targets_wanted.len();
     while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok(t) => targets.push(t),
-            Err(e) => tracing::error!(error = %e, "a scan task failed"),
+        collect_one(joined, &mut targets, total, &opts);
+    }
+    if let Some(spool) = spool {
+        let out = spool.finish();
+        if let Some(e) = &out.error {
+            tracing::warn!(error = %e, kept = out.returned.len(), "snapshot contents could not be spooled; the commit writes them");
         }
-        if let Some(p) = &opts.progress {
-            (p.0)(targets.len(), total);
+        if !out.returned.is_empty() {
+            let mut returned = out.returned;
+            for t in targets.iter_mut().filter(|t| t.spooled) {
+                if let Some((hash, content)) = &mut t.snapshot
+                    && let Some(text) = returned.remove(hash.as_str())
+                {
+                    *content = Some(text);
+                    t.spooled = false;
+                }
+            }
         }
     }
     targets.sort_by(|a, b| (&a.node, &a.config).cmp(&(&b.node, &b.config)));
     let finished = chrono::Utc::now();
     let report = Report::build(started, finished, nodes_selected, &targets);
     Ok(ScanOutput { report, targets })
+}
+
+/// Gather one finished task's result and report progress.
+fn collect_one(
+    joined: Result<TargetResult, tokio::task::JoinError>,
+    targets: &mut Vec<TargetResult>,
+    total: usize,
+    opts: &ScanOptions,
+) {
+    match joined {
+        Ok(t) => targets.push(t),
+        Err(e) => tracing::error!(error = %e, "a scan task failed"),
+    }
+    if let Some(p) = &opts.progress {
+        (p.0)(targets.len(), total);
+    }
 }
 
 /// Open the store's view for a scan: the redaction key, the baseline versions in force (recorded, so that edits
@@ -205,6 +250,7 @@ pub fn prepare(
         observed: Arc::new(classify::observations(&memory.records)),
         digests: Some(Arc::new(classify::InputDigests::new(plan, &versions))),
     };
+    opts.spool = store.spool(now).map(Arc::new);
     Ok(memory)
 }
 
@@ -278,6 +324,7 @@ pub fn record(
                 config: t.config.clone(),
                 hash: hash.clone(),
                 content: content.clone(),
+                changed: content.is_some() || t.spooled,
             })
         })
         .collect();

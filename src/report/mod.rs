@@ -429,6 +429,7 @@ mod tests {
             snapshot: None,
             fetch_seconds: 0.0,
             unchanged: false,
+            spooled: false,
             input: None,
         };
         Report::build(t, t, 1, &[target])

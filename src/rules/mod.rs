@@ -160,6 +160,17 @@ pub struct Rule {
     pub digest: [u8; 32],
 }
 
+impl Rule {
+    /// Whether evaluating this rule reads the baseline (growth checks, CEL reading `baseline`): a scan builds a
+    /// node's substituted baseline only when a comparison or such a rule needs it.
+    pub fn reads_baseline(&self) -> bool {
+        matches!(
+            self.check,
+            Check::MaxGrowth(_) | Check::Expr(_, [_, true, _])
+        )
+    }
+}
+
 /// What a rule sees.
 pub struct Input<'a> {
     pub node: &'a Node,
