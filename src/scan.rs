@@ -288,12 +288,17 @@ pub fn record(
         .filter(|t| t.read)
         .map(|t| (t.node.clone(), t.config.clone()))
         .collect();
-    let scanned_list: Vec<Target> = scanned.iter().cloned().collect();
-    let first_time = memory.first_time(&scanned_list);
+    let first_time: HashSet<Target> = scanned
+        .iter()
+        .filter(|t| !memory.last_hash.contains_key(*t))
+        .cloned()
+        .collect();
+    // Moved, not copied, out of the targets from here on (the report has its own copies): at fleet scale every
+    // copy of a per-target field is tens of megabytes.
     let observed: Vec<Finding> = output
         .targets
-        .iter()
-        .flat_map(|t| t.findings.iter().cloned())
+        .iter_mut()
+        .flat_map(|t| std::mem::take(&mut t.findings))
         .collect();
     let gate = |f: &Finding| -> Option<Gate> {
         if let Some(id) = &f.rule
@@ -315,16 +320,18 @@ pub fn record(
         acks: &memory.acks,
         gate: &gate,
     });
+    drop((scanned, read));
     let snapshots = output
         .targets
-        .iter()
+        .iter_mut()
         .filter_map(|t| {
-            t.snapshot.as_ref().map(|(hash, content)| Snapshot {
+            let spooled = t.spooled;
+            t.snapshot.take().map(|(hash, content)| Snapshot {
                 node: t.node.clone(),
                 config: t.config.clone(),
-                hash: hash.clone(),
-                content: content.clone(),
-                changed: content.is_some() || t.spooled,
+                hash,
+                changed: content.is_some() || spooled,
+                content,
             })
         })
         .collect();
@@ -332,13 +339,13 @@ pub fn record(
     // rewrites it only when the node's validators changed; an unread target keeps it, as it keeps its findings.
     let inputs = output
         .targets
-        .iter()
+        .iter_mut()
         .filter_map(|t| {
             let target = (t.node.clone(), t.config.clone());
             if t.unchanged {
-                t.input.clone().map(|i| (target, Some(i)))
+                t.input.take().map(|i| (target, Some(i)))
             } else if t.read {
-                Some((target, t.input.clone()))
+                Some((target, t.input.take()))
             } else {
                 None
             }
