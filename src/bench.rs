@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Nodes send an `ETag` and honour `If-None-Match`: warm scans are conditional GETs answered `304`.
     pub etag: bool,
+    /// Run the simulator as a child process of this executable (`plumb bench --serve-fleet`), so that the peak RSS
+    /// measured is the scanner's alone; `None`: in this process (tests).
+    pub simulator_exe: Option<PathBuf>,
 }
 
 /// The outcome, as the final JSON line prints it.
@@ -249,16 +252,17 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Run the benchmark; `say` receives the human lines as they come. Must run inside a multi-thread tokio runtime.
-pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult, String> {
-    if opts.nodes == 0 {
-        return Err("--nodes must be at least 1".into());
-    }
-    if !(0.0..=100.0).contains(&opts.drift) {
-        return Err("--drift is a percentage, 0 to 100".into());
-    }
-    let dir = TempDir::new()?;
-    let root = dir.0.clone();
+/// A started fleet.
+struct Started {
+    fleet: sim::Fleet,
+    listen: Vec<SocketAddr>,
+    ca_pem: Option<String>,
+    doc_len: usize,
+    drifted: usize,
+}
+
+/// Build and start the simulated fleet of `opts`.
+async fn start_fleet(opts: &BenchOptions) -> Result<Started, String> {
     let n = opts.nodes;
     let drifted = |i: usize| -> bool {
         // Spread evenly: node i drifts when the running count of drift crosses an integer.
@@ -307,7 +311,6 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     } else {
         None
     };
-    let t = Instant::now();
     let fleet = sim::start(specs, tls.as_ref().map(|m| m.server.clone()))
         .await
         .map_err(|e| format!("cannot start the simulated fleet: {e}"))?;
@@ -315,13 +318,189 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     for (k, a) in listen.iter().enumerate() {
         let _ = addrs[k].set(a.to_string());
     }
+    Ok(Started {
+        fleet,
+        listen,
+        ca_pem: tls.map(|m| m.ca_pem),
+        doc_len: clean.len,
+        drifted: (0..n).filter(|&i| drifted(i)).count(),
+    })
+}
+
+/// `plumb bench --serve-fleet`: the simulator alone, for a parent `plumb bench`. Prints `listen ADDR` per listener,
+/// `ca BASE64` with TLS, `doc_len N`, `drifted N`, then `ready`; serves until its stdin closes.
+pub async fn serve_fleet(opts: &BenchOptions) -> Result<(), String> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let started = start_fleet(opts).await?;
+    let mut out = String::new();
+    for a in &started.listen {
+        out.push_str(&format!("listen {a}\n"));
+    }
+    if let Some(ca) = &started.ca_pem {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(ca);
+        out.push_str(&format!("ca {b64}\n"));
+    }
+    out.push_str(&format!(
+        "doc_len {}\ndrifted {}\nready\n",
+        started.doc_len, started.drifted
+    ));
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| e.to_string())?;
+    drop(stdout);
+    // Until the parent closes our stdin (or dies).
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
+    })
+    .await;
+    drop(started.fleet);
+    Ok(())
+}
+
+/// The simulator child process, as the parent sees it.
+struct SimChild {
+    child: tokio::process::Child,
+    pid: u32,
+    listen: Vec<SocketAddr>,
+    ca_pem: Option<String>,
+    doc_len: usize,
+    drifted: usize,
+}
+
+impl SimChild {
+    async fn spawn(exe: &Path, opts: &BenchOptions) -> Result<SimChild, String> {
+        use base64::Engine as _;
+        use tokio::io::AsyncBufReadExt as _;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args([
+            "bench",
+            "--serve-fleet",
+            "--nodes",
+            &opts.nodes.to_string(),
+            "--size",
+            &opts.size.to_string(),
+            "--drift",
+            &opts.drift.to_string(),
+        ]);
+        if opts.tls {
+            cmd.arg("--tls");
+        }
+        if opts.etag {
+            cmd.arg("--etag");
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the simulator process: {e}"))?;
+        let pid = child.id().unwrap_or_default();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the simulator process has no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let (mut listen, mut ca_pem, mut doc_len, mut drifted) = (Vec::new(), None, 0, 0);
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(|e| format!("simulator process: {e}"))?
+                .ok_or("the simulator process ended before it was ready (see its error above)")?;
+            let (key, value) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            let bad = || format!("simulator process: unexpected line `{line}`");
+            match key {
+                "listen" => listen.push(value.parse().map_err(|_| bad())?),
+                "ca" => {
+                    let pem = base64::engine::general_purpose::STANDARD
+                        .decode(value)
+                        .map_err(|_| bad())?;
+                    ca_pem = Some(String::from_utf8(pem).map_err(|_| bad())?);
+                }
+                "doc_len" => doc_len = value.parse().map_err(|_| bad())?,
+                "drifted" => drifted = value.parse().map_err(|_| bad())?,
+                "ready" => break,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(SimChild {
+            child,
+            pid,
+            listen,
+            ca_pem,
+            doc_len,
+            drifted,
+        })
+    }
+
+    /// The child's peak RSS (`VmHWM`), read while it still runs.
+    fn peak_rss_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Close its stdin and wait for it to end.
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Run the benchmark; `say` receives the human lines as they come. Must run inside a multi-thread tokio runtime.
+pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult, String> {
+    if opts.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    if !(0.0..=100.0).contains(&opts.drift) {
+        return Err("--drift is a percentage, 0 to 100".into());
+    }
+    let dir = TempDir::new()?;
+    let root = dir.0.clone();
+    let n = opts.nodes;
+    // The simulator runs in a child process (this binary, `plumb bench --serve-fleet`), so that this process's
+    // memory is the scanner's alone; it shares the machine's cores as a real fleet's load would not.
+    let t = Instant::now();
+    let (child, local) = match &opts.simulator_exe {
+        Some(exe) => (Some(SimChild::spawn(exe, opts).await?), None),
+        None => (None, Some(start_fleet(opts).await?)),
+    };
+    let (listen, tls_ca, doc_len, drifted_count, where_) = match (&child, &local) {
+        (Some(c), _) => (
+            c.listen.clone(),
+            c.ca_pem.clone(),
+            c.doc_len,
+            c.drifted,
+            format!("simulator process {}", c.pid),
+        ),
+        (_, Some(l)) => (
+            l.listen.clone(),
+            l.ca_pem.clone(),
+            l.doc_len,
+            l.drifted,
+            "simulator in this process".to_string(),
+        ),
+        _ => return Err("no fleet".into()),
+    };
+    let listeners = listen.len();
     say(&format!(
-        "fleet: {n} nodes on {listeners} loopback listeners{}{}, documents of {} bytes ({} drifted), started in {:.2} s",
+        "fleet: {n} nodes on {listeners} loopback listeners{}{}, documents of {} bytes ({} drifted), started in {:.2} s \
+         ({where_})",
         if opts.tls { " over TLS" } else { "" },
         if opts.etag { " with ETags" } else { "" },
-        clean.len,
-        (0..n).filter(|&i| drifted(i)).count(),
-        t.elapsed().as_secs_f64()
+        doc_len,
+        drifted_count,
+        t.elapsed().as_secs_f64(),
     ));
 
     // The plan.
@@ -332,8 +511,8 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
          source.http = \"{scheme}://${{node.vars.addr}}/n/${{node.name}}\"\nformat = \"json\"\n",
         opts.concurrency
     );
-    if let Some(m) = &tls {
-        std::fs::write(root.join("ca.pem"), &m.ca_pem).map_err(|e| e.to_string())?;
+    if let Some(ca) = &tls_ca {
+        std::fs::write(root.join("ca.pem"), ca).map_err(|e| e.to_string())?;
         toml.push_str("ca = \"ca.pem\"\n");
     }
     let mut csv = String::with_capacity(n * 40);
@@ -377,7 +556,7 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     // What the simulator, the plan and the runtime hold before any scan: the scanner's own share is the rest.
     let before_scans = rss_bytes();
     say(&format!(
-        "RSS before the scans (simulator, plan, runtime): {:.1} MB",
+        "RSS before the scans (plan, client, runtime): {:.1} MB",
         before_scans as f64 / 1e6
     ));
     let mut store = SqliteStore::open(&plan.store_path).map_err(|e| e.to_string())?;
@@ -402,7 +581,15 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
         say(&raw_line(raw));
         raws.push(raw);
     }
-    drop(fleet);
+    if let Some(child) = child {
+        let sim_peak = child.peak_rss_bytes();
+        child.stop().await;
+        say(&format!(
+            "simulator process peak RSS: {:.1} MB (not counted below)",
+            sim_peak as f64 / 1e6
+        ));
+    }
+    drop(local);
     if raws.iter().any(|r| r.1 > 0) || cold.unreadable > 0 {
         say("warning: some fetches failed; the figures are not comparable");
     }
@@ -419,7 +606,7 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     };
     let result = BenchResult {
         nodes: n,
-        size: clean.len,
+        size: doc_len,
         raw_nodes_per_s: round(per_s(raw), 0),
         cold_nodes_per_s: round(per_s(cold.total), 0),
         warm_nodes_per_s: round(per_s(warm), 0),
@@ -514,10 +701,16 @@ async fn raw_sweep(plan: &Arc<Plan>) -> Result<(Duration, usize), String> {
     let sem = Arc::new(tokio::sync::Semaphore::new(plan.scan.concurrency));
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
+    let mut results = Vec::new();
     for u in urls {
         let (c, sem) = (client.clone(), sem.clone());
+        // As the scan does: a task is spawned once a slot is free.
+        let permit = sem.acquire_owned().await;
+        while let Some(r) = set.try_join_next() {
+            results.push(r);
+        }
         set.spawn(async move {
-            let _p = sem.acquire_owned().await;
+            let _p = permit;
             let mut resp = c.get(&u).send().await.ok()?;
             if !resp.status().is_success() {
                 return None;
@@ -529,12 +722,10 @@ async fn raw_sweep(plan: &Arc<Plan>) -> Result<(Duration, usize), String> {
             Some(len)
         });
     }
-    let mut failed = 0;
     while let Some(r) = set.join_next().await {
-        if !matches!(r, Ok(Some(_))) {
-            failed += 1;
-        }
+        results.push(r);
     }
+    let failed = results.iter().filter(|r| !matches!(r, Ok(Some(_)))).count();
     Ok((t.elapsed(), failed))
 }
 
@@ -579,6 +770,7 @@ mod tests {
             concurrency: 16,
             rounds: 2,
             etag: false,
+            simulator_exe: None,
         };
         let lines = std::sync::Mutex::new(Vec::new());
         let r = rt

@@ -199,6 +199,9 @@ pub enum Command {
         /// Nodes send ETags and answer 304 to If-None-Match: warm scans use conditional GET (the raw sweep does not).
         #[arg(long)]
         etag: bool,
+        /// Internal: serve the simulated fleet alone, for a parent `plumb bench` (its child process).
+        #[arg(long, hide = true)]
+        serve_fleet: bool,
     },
 }
 
@@ -610,6 +613,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             concurrency,
             rounds,
             etag,
+            serve_fleet,
         } => {
             let size = crate::units::parse_size(&size).map_err(|e| anyhow!("--size: {e}"))?;
             let opts = crate::bench::BenchOptions {
@@ -621,7 +625,18 @@ pub fn run(cli: Cli) -> Result<u8> {
                 concurrency: concurrency.max(1),
                 rounds,
                 etag,
+                simulator_exe: if serve_fleet {
+                    None
+                } else {
+                    Some(std::env::current_exe().context("cannot find plumb's own executable")?)
+                },
             };
+            if serve_fleet {
+                runtime()?
+                    .block_on(crate::bench::serve_fleet(&opts))
+                    .map_err(|e| anyhow!("bench: {e}"))?;
+                return Ok(0);
+            }
             let say = |line: &str| {
                 let _ = out(&format!("{line}\n"));
             };

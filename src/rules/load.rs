@@ -423,8 +423,8 @@ fn compile(r: RawRule, file: &Path, line: usize, structured: Option<bool>) -> Re
             baseline,
             node: t.node.unwrap_or_else(|| Node {
                 name: "test-node".into(),
-                labels: BTreeMap::new(),
-                vars: BTreeMap::new(),
+                labels: Default::default(),
+                vars: Default::default(),
             }),
             raw_len,
             expect: t.expect,
