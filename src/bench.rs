@@ -226,30 +226,27 @@ fn node_name(i: usize) -> String {
     format!("node-{i:06}")
 }
 
-/// Peak resident set size of this process (`VmHWM`), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A `/proc/<pid>/status` field in kB (`VmHWM`, `VmRSS`), in bytes; 0 when it cannot be read.
+fn status_bytes(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Peak resident set size of this process (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    status_bytes("self", "VmHWM:")
+}
+
 /// Resident set size of this process now (`VmRSS`), in bytes.
 pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    status_bytes("self", "VmRSS:")
 }
 
 /// A started fleet.
@@ -439,15 +436,7 @@ impl SimChild {
 
     /// The child's peak RSS (`VmHWM`), read while it still runs.
     fn peak_rss_bytes(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024)
+        status_bytes(&self.pid.to_string(), "VmHWM:")
     }
 
     /// Close its stdin and wait for it to end.

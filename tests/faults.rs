@@ -42,15 +42,7 @@ fn run_cmd(mut cmd: Command, shown: &[&str]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {shown:?}: {e}"));
-    let pipe = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = pipe(Box::new(child.stdout.take().expect("stdout")));
-    let err = pipe(Box::new(child.stderr.take().expect("stderr")));
+    let (out, err) = common::capture(&mut child);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;

@@ -13,7 +13,6 @@ mod common;
 use common::{Run, expect_keys, findings, json_body, keys, sim_node, the_finding, write_tree};
 use plumb::sim::{self, Behavior, Fleet, ServerCert, TlsMaterial};
 use serde_json::{Value, json};
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -60,15 +59,7 @@ fn run_bounded(dir: &Path, args: &[&str]) -> Bounded {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start prlimit (util-linux) with plumb");
-    let pipe = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = pipe(Box::new(child.stdout.take().expect("stdout")));
-    let err = pipe(Box::new(child.stderr.take().expect("stderr")));
+    let (out, err) = common::capture(&mut child);
     let pid = child.id();
     let mut peak = 0;
     let mut execed = false;

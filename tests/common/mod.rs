@@ -81,6 +81,31 @@ impl Run {
 }
 
 /// Run the real binary in `dir` (so `./plumb.toml` is the config) with `args`.
+/// Read a started child's stdout and stderr on their own threads (so neither pipe fills up), to join at its end.
+pub fn capture(
+    child: &mut std::process::Child,
+) -> (
+    std::thread::JoinHandle<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = match child.stdout.take() {
+        Some(o) => pipe(Box::new(o)),
+        None => std::thread::spawn(String::new),
+    };
+    let err = match child.stderr.take() {
+        Some(e) => pipe(Box::new(e)),
+        None => std::thread::spawn(String::new),
+    };
+    (out, err)
+}
+
 pub fn plumb(dir: &Path, args: &[&str]) -> Run {
     run_in(dir, args)
 }
@@ -109,15 +134,7 @@ pub fn run_with_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> 
         .stderr(Stdio::piped())
         .spawn()
         .expect("start plumb");
-    let pipe = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = pipe(Box::new(child.stdout.take().expect("stdout")));
-    let err = pipe(Box::new(child.stderr.take().expect("stderr")));
+    let (out, err) = capture(&mut child);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for plumb") {
             break s;
