@@ -332,7 +332,7 @@ pub fn evaluate_fetched(
     if let Some(red) = &ctx.redactor {
         red.redact(&mut live);
     }
-    let text = live.canonical_text();
+    let text = live.canonical_text_sized(raw_len.saturating_mul(2).min(64 << 20));
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
     let unchanged = ctx
         .previous

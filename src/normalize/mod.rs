@@ -25,11 +25,21 @@ pub enum Document {
 impl Document {
     /// The canonical text form: pretty JSON with sorted keys for trees, the lines for text.
     pub fn canonical_text(&self) -> String {
+        self.canonical_text_sized(128)
+    }
+
+    /// [`Document::canonical_text`] into a buffer of `capacity` bytes to start with (a scan passes about twice the
+    /// fetched size, which spares the copies of a growing buffer).
+    pub fn canonical_text_sized(&self, capacity: usize) -> String {
         match self {
             Document::Tree(v) => {
-                let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-                s.push('\n');
-                s
+                let mut buf = Vec::with_capacity(capacity);
+                if serde_json::to_writer_pretty(&mut buf, v).is_err() {
+                    return String::new();
+                }
+                buf.push(b'\n');
+                // serde_json writes UTF-8 only.
+                String::from_utf8(buf).unwrap_or_default()
             }
             Document::Text(lines) => {
                 let mut s = lines.join("\n");
