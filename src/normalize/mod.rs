@@ -396,8 +396,23 @@ fn parse_yaml(text: &str) -> Result<Value, (Option<usize>, Option<usize>, String
         let (l, c) = loc.map_or((None, None), |l| {
             (Some(l.line() as usize), Some(l.column() as usize))
         });
-        (l, c, first_line(&msg))
+        (l, c, yaml_message(&first_line(&msg)))
     })
+}
+
+/// serde-saphyr says `error: line L column C: what`; plumb prints the location itself.
+fn yaml_message(m: &str) -> String {
+    let rest = m.strip_prefix("error: ").unwrap_or(m);
+    if let Some(after) = rest.strip_prefix("line ")
+        && let Some((loc, what)) = after.split_once(": ")
+        && loc.contains(" column ")
+        && loc
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c.is_ascii_lowercase())
+    {
+        return what.to_string();
+    }
+    rest.to_string()
 }
 
 fn first_line(s: &str) -> String {
@@ -504,6 +519,18 @@ mod tests {
             Ok(Document::Tree(v)) => v,
             other => panic!("expected a tree, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn yaml_errors_say_their_location_once() {
+        let e = parse(Format::Yaml, b"a: [1, 2\n").expect_err("unclosed");
+        assert_eq!(
+            e.to_string(),
+            "not valid yaml at line 1 column 4: unclosed bracket '['"
+        );
+        let e = parse(Format::Yaml, "[".repeat(300).as_bytes()).expect_err("deep");
+        assert!(e.to_string().ends_with(": recursion limit exceeded"), "{e}");
+        assert_eq!(e.to_string().matches("line").count(), 1, "{e}");
     }
 
     #[test]
