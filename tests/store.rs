@@ -1317,11 +1317,12 @@ fn retention_prunes_old_history_but_not_live_findings() {
 // 11. Secrets
 // ---------------------------------------------------------------------------------------------------------------
 
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 6] = [
     "hunter2-SECRET",
     "AKIA-SECRET-KEY",
     "tok-SECRET-123",
     "swordfish-SECRET2",
+    "hmac-SECRET-456",
     "SECRET",
 ];
 
@@ -1348,6 +1349,7 @@ fn secrets_never_leak() {
         "n1",
         vec![("/api", json_body(&json!({"ok": true})))],
     )]);
+    let hook = common::receiver::Receiver::start(vec![common::receiver::Answer::status(200)]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let toml = format!(
@@ -1369,8 +1371,27 @@ name = "api"
 source.http = "http://${{node.vars.addr}}/api"
 headers = {{ Authorization = "Bearer ${{env:PLUMB_TEST_TOKEN}}" }}
 format = "json"
+
+[[sink]]
+name = "hook"
+type = "webhook"
+url = "{}"
+secret = "${{env:PLUMB_TEST_HOOK_SECRET}}"
+
+[[route]]
+name = "all"
+sinks = ["hook"]
+repeat_interval = "0s"
+
+[[schedule]]
+name = "all"
+cron = "@daily"
+
+[daemon]
+listen = "127.0.0.1:0"
 "#,
-        sim.fleet.addr("n1").unwrap()
+        sim.fleet.addr("n1").unwrap(),
+        hook.url("/plumb")
     );
     let doc =
         r#"{"db": {"password": "hunter2-SECRET"}, "api_key": "AKIA-SECRET-KEY", "name": "x"}"#;
@@ -1383,7 +1404,11 @@ format = "json"
             ("live/n1.json", doc),
         ],
     );
-    let env = [("PLUMB_TEST_TOKEN", Some("tok-SECRET-123"))];
+    let env = [
+        ("PLUMB_TEST_TOKEN", Some("tok-SECRET-123")),
+        ("PLUMB_TEST_HOOK_SECRET", Some("hmac-SECRET-456")),
+        ("RUST_LOG", Some("debug")),
+    ];
     let run = |args: &[&str]| {
         let r = run_with_env(dir, args, &env);
         assert_no_secret_in_run(&r);
@@ -1425,6 +1450,45 @@ format = "json"
     let human = run(&["audit"]);
     human.expect_code(1);
     assert!(human.stdout.contains(&actual), "{human}");
+    // Alert payloads: the drift goes to the webhook as markers; no body or header carries a secret (the webhook's
+    // own secret only signs).
+    write_tree(
+        dir,
+        &[(
+            "live/n1.json",
+            r#"{"db": {"password": "hunter2-SECRET"}, "api_key": "AKIA-SECRET-KEY", "name": "x"}"#,
+        )],
+    );
+    run(&["audit", "--notify"]).expect_code(0);
+    write_tree(
+        dir,
+        &[(
+            "live/n1.json",
+            r#"{"db": {"password": "swordfish-SECRET2"}, "api_key": "AKIA-SECRET-KEY", "name": "x"}"#,
+        )],
+    );
+    run(&["audit", "--notify"]).expect_code(1);
+    let reqs = hook.requests();
+    assert!(!reqs.is_empty(), "the webhook got the alerts");
+    let mut sent = String::new();
+    for q in &reqs {
+        sent.push_str(&String::from_utf8_lossy(&q.body));
+        for (k, v) in &q.headers {
+            sent.push_str(&format!("\n{k}: {v}"));
+        }
+    }
+    assert!(
+        sent.contains("<redacted:"),
+        "the drift went out as markers:\n{sent}"
+    );
+    assert!(sent.contains("x-plumb-signature"), "signed:\n{sent}");
+    assert_no_secret("the alert payloads and headers", &sent);
+    // Log lines: the daemon at debug level, as text and as JSON, through a scan and its alerts.
+    for format in ["text", "json"] {
+        let d = run(&["run", "--once", "--log-format", format]);
+        d.expect_code(0);
+        assert!(d.stderr.lines().count() >= 3, "logs were written:\n{d}");
+    }
     run(&["findings"]).expect_code(0);
     run(&["findings", "--format", "json"]).expect_code(0);
     let h = run(&["history", "n1"]);
