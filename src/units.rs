@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest duration accepted: 100 years (36,500 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// Parse a duration such as `10s`, `1500ms`, `5m`, `4h`, `2d` or a sum of them, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -41,7 +44,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             }
         };
         rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(secs);
+        // A number too large for a Duration (or the sum of several) is an error, not a panic; so is anything
+        // beyond MAX_DURATION, which keeps later arithmetic (backoff doubling, deadlines) far from overflow.
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|d| *d <= MAX_DURATION)
+            .ok_or_else(|| format!("`{s}` is longer than 100 years"))?;
     }
     Ok(total)
 }
