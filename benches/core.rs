@@ -248,29 +248,9 @@ fn compare(c: &mut Criterion) {
     g.finish();
 }
 
-/// The 20-rule pack of `plumb bench` (src/bench.rs): ten assertion kinds, twice.
+/// The 20-rule pack of `plumb bench`: ten assertion kinds, twice.
 fn rule_pack() -> String {
-    let kinds: [&str; 10] = [
-        "path = \"$.settings.max_connections\"\nle = 2000",
-        "path = \"$.settings.tls_min\"\nin = [\"1.2\", \"1.3\"]",
-        "path = \"$.settings.log_level\"\nmatches = '^(debug|info|warn|error)$'",
-        "path = \"$.routes[*].timeout_ms\"\nle = 30000",
-        "path = \"$.upstreams[*].weight\"\nge = 1",
-        "path = \"$.routes[*]\"\ncount_max = 1000000",
-        "path = \"$.upstreams[*]\"\nunique = \"name\"",
-        "path = \"$.node.name\"\nexists = true",
-        "path = \"$.routes[*].path\"\nmatches = '^/'",
-        "path = \"$.features[*].name\"\nnot_matches = '^internal-'",
-    ];
-    let mut s = String::new();
-    for i in 0..20 {
-        let _ = write!(
-            s,
-            "[[rule]]\nid = \"bench-{i}\"\nconfig = \"app\"\nseverity = \"high\"\n{}\n\n",
-            kinds[i % kinds.len()]
-        );
-    }
-    s
+    plumb::bench::rules_file(20)
 }
 
 fn rules(c: &mut Criterion) {

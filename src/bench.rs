@@ -198,8 +198,8 @@ impl Template {
     }
 }
 
-/// `count` rules over the document, cycling through ten assertion kinds.
-fn rules_file(count: usize) -> String {
+/// `count` rules over the document, cycling through ten assertion kinds (also the rule pack of `benches/core.rs`).
+pub fn rules_file(count: usize) -> String {
     let kinds: [&str; 10] = [
         "path = \"$.settings.max_connections\"\nle = 2000",
         "path = \"$.settings.tls_min\"\nin = [\"1.2\", \"1.3\"]",
