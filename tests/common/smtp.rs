@@ -172,11 +172,16 @@ threading.Event().wait()
 /// Parse every mail in `MAILDIR/new` with Python's `email` package: headers (decoded), the top-level content
 /// type, and each part's content type and decoded text.
 const PARSE_MAILDIR: &str = r#"
-import json, os, sys
+import json, os, re, sys
 from email import message_from_binary_file, policy
 new = os.path.join(sys.argv[1], "new")
 out = []
-for name in sorted(os.listdir(new)) if os.path.isdir(new) else []:
+# Arrival order: Maildir names are "SECONDS.M<microseconds>P<pid>Q<counter>.host"; the microseconds are not
+# zero-padded (a plain sort misorders two mails of one second), the counter grows with every delivery.
+def arrival(name):
+    q = re.search(r"Q(\d+)", name)
+    return (int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0, int(q.group(1)) if q else 0, name)
+for name in sorted(os.listdir(new), key=arrival) if os.path.isdir(new) else []:
     with open(os.path.join(new, name), "rb") as f:
         m = message_from_binary_file(f, policy=policy.default)
     parts = []
