@@ -11,7 +11,7 @@ mod common;
 
 use common::receiver::{Answer, Receiver};
 use common::*;
-use plumb::sim::{self, Behavior, Fleet, NodeSpec};
+use plumb::sim::{Behavior, Fleet};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -323,22 +323,6 @@ impl Daemon {
         }
         None
     }
-}
-
-/// A simulated fleet with its own runtime, so the blocking test thread can run the binary while the fleet serves.
-struct Sim {
-    fleet: Fleet,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn start_fleet(specs: Vec<NodeSpec>) -> Sim {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let fleet = rt.block_on(sim::start(specs, None)).unwrap();
-    Sim { fleet, _rt: rt }
 }
 
 /// `[[node]]`s for the simulated nodes, each with `role` and its address in `vars.addr`.

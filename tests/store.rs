@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use plumb::sim::{self, Behavior, Fleet, NodeSpec};
+use plumb::sim::Behavior;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -34,22 +34,6 @@ format = "json"
 "#,
     );
     t
-}
-
-/// A simulated fleet with its own runtime, so blocking tests can run the binary while the fleet serves.
-struct Sim {
-    fleet: Fleet,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn start_fleet(specs: Vec<NodeSpec>) -> Sim {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let fleet = rt.block_on(sim::start(specs, None)).unwrap();
-    Sim { fleet, _rt: rt }
 }
 
 /// `(node, config, path, kind, state)` of every finding in a list, sorted.

@@ -18,6 +18,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// A simulated fleet with its own runtime, so blocking tests can run the binary while the fleet serves.
+pub struct Sim {
+    pub fleet: plumb::sim::Fleet,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// Start `specs` on loopback (plain HTTP) in a runtime of their own.
+pub fn start_fleet(specs: Vec<NodeSpec>) -> Sim {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for the fleet");
+    let fleet = rt
+        .block_on(plumb::sim::start(specs, None))
+        .expect("start the fleet");
+    Sim { fleet, _rt: rt }
+}
+
 /// How long one plumb invocation may take before the test gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
