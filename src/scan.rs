@@ -288,11 +288,7 @@ pub fn record(
         .filter(|t| t.read)
         .map(|t| (t.node.clone(), t.config.clone()))
         .collect();
-    let first_time: HashSet<Target> = scanned
-        .iter()
-        .filter(|t| !memory.last_hash.contains_key(*t))
-        .cloned()
-        .collect();
+    let first_time = memory.first_time(&scanned);
     // Moved, not copied, out of the targets from here on (the report has its own copies): at fleet scale every
     // copy of a per-target field is tens of megabytes.
     let observed: Vec<Finding> = output

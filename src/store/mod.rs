@@ -46,9 +46,9 @@ pub struct Memory {
 
 impl Memory {
     /// Targets never scanned before.
-    pub fn first_time(&self, targets: &[Target]) -> HashSet<Target> {
+    pub fn first_time<'a>(&self, targets: impl IntoIterator<Item = &'a Target>) -> HashSet<Target> {
         targets
-            .iter()
+            .into_iter()
             .filter(|t| !self.last_hash.contains_key(*t))
             .cloned()
             .collect()
