@@ -192,10 +192,7 @@ impl Redactor {
     pub fn redact(&self, doc: &mut Document) {
         match doc {
             Document::Tree(v) => {
-                if self.keys.is_some() {
-                    self.redact_keys(v);
-                }
-                self.redact_paths(v);
+                self.redact_structure(v);
                 if !self.text.is_empty() {
                     self.redact_strings(v);
                 }
@@ -211,6 +208,44 @@ impl Redactor {
                 }
             }
         }
+    }
+
+    /// Steps 1 and 2 on a tree: values under secret keys and at configured paths become markers (the text
+    /// patterns of step 3 are [`Redactor::redact_string`], applied to each string after these).
+    pub fn redact_structure(&self, v: &mut Value) {
+        if self.keys.is_some() {
+            self.redact_keys(v);
+        }
+        self.redact_paths(v);
+    }
+
+    /// The text patterns on one string value of a tree, as [`Redactor::redact`] applies them to each.
+    pub fn redact_string(&self, s: &mut String) {
+        if self.text.is_empty() || Redactor::is_marker(s) {
+            return;
+        }
+        if s.contains('\n') {
+            let mut lines: Vec<String> = s.split('\n').map(str::to_string).collect();
+            let mut changed = false;
+            for line in lines.iter_mut() {
+                changed |= self.redact_text_line(line);
+            }
+            if changed {
+                *s = lines.join("\n");
+            }
+        } else {
+            self.redact_text_line(s);
+        }
+    }
+
+    /// Whether text patterns are configured (string values can change under redaction).
+    pub fn has_text_patterns(&self) -> bool {
+        !self.text.is_empty()
+    }
+
+    /// Whether a configured path has a filter (`?`): what it selects can depend on values.
+    pub fn has_filtered_paths(&self) -> bool {
+        self.paths.iter().any(|(p, _)| p.contains('?'))
     }
 
     /// The marker for a secret value: `<redacted:HASH8>`.
@@ -304,23 +339,7 @@ impl Redactor {
 
     fn redact_strings(&self, v: &mut Value) {
         match v {
-            Value::String(s) => {
-                if Redactor::is_marker(s) {
-                    return;
-                }
-                if s.contains('\n') {
-                    let mut lines: Vec<String> = s.split('\n').map(str::to_string).collect();
-                    let mut changed = false;
-                    for line in lines.iter_mut() {
-                        changed |= self.redact_text_line(line);
-                    }
-                    if changed {
-                        *s = lines.join("\n");
-                    }
-                } else {
-                    self.redact_text_line(s);
-                }
-            }
+            Value::String(s) => self.redact_string(s),
             Value::Array(a) => a.iter_mut().for_each(|x| self.redact_strings(x)),
             Value::Object(o) => o.values_mut().for_each(|x| self.redact_strings(x)),
             _ => {}

@@ -249,6 +249,7 @@ pub fn prepare(
         inputs: Arc::new(std::mem::take(&mut memory.last_input)),
         observed: Arc::new(classify::observations(&memory.records)),
         digests: Some(Arc::new(classify::InputDigests::new(plan, &versions))),
+        fast: Arc::default(),
     };
     opts.spool = store.spool(now).map(Arc::new);
     Ok(memory)

@@ -55,6 +55,100 @@ impl Memory {
     }
 }
 
+/// The text of a snapshot as it travels to the store: whole, or a baseline's canonical text with one node's values
+/// filled in (a node that matches its baseline: the store keeps the baseline's text once and a few values per node).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Text(String),
+    Filled {
+        template: std::sync::Arc<SlotText>,
+        /// The JSON text of each slot (a quoted string), in order.
+        slots: Vec<String>,
+    },
+}
+
+/// A canonical text with slots: `segments[0] slot[0] segments[1] … slot[n-1] segments[n]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotText {
+    /// blake3 of the segments, as stored.
+    pub hash: String,
+    pub segments: Vec<String>,
+}
+
+impl SlotText {
+    pub fn new(segments: Vec<String>) -> SlotText {
+        let mut h = blake3::Hasher::new();
+        for s in &segments {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        SlotText {
+            hash: h.finalize().to_hex().to_string(),
+            segments,
+        }
+    }
+
+    /// blake3 of the whole text with `slots` filled in (as of [`SlotText::fill`], without building it); `None` when
+    /// their number is not the number of slots.
+    pub fn hash_filled(&self, slots: &[impl AsRef<str>]) -> Option<blake3::Hash> {
+        if slots.len() + 1 != self.segments.len() {
+            return None;
+        }
+        let mut h = blake3::Hasher::new();
+        for (seg, slot) in self.segments.iter().zip(slots) {
+            h.update(seg.as_bytes());
+            h.update(slot.as_ref().as_bytes());
+        }
+        if let Some(last) = self.segments.last() {
+            h.update(last.as_bytes());
+        }
+        Some(h.finalize())
+    }
+
+    /// The whole text with `slots` filled in; `None` when their number is not the number of slots.
+    pub fn fill(&self, slots: &[impl AsRef<str>]) -> Option<String> {
+        if slots.len() + 1 != self.segments.len() {
+            return None;
+        }
+        let len = self.segments.iter().map(String::len).sum::<usize>()
+            + slots.iter().map(|s| s.as_ref().len()).sum::<usize>();
+        let mut out = String::with_capacity(len);
+        for (seg, slot) in self.segments.iter().zip(slots) {
+            out.push_str(seg);
+            out.push_str(slot.as_ref());
+        }
+        if let Some(last) = self.segments.last() {
+            out.push_str(last);
+        }
+        Some(out)
+    }
+}
+
+impl Content {
+    /// The whole text.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Filled { template, slots } => template.fill(slots).unwrap_or_default(),
+        }
+    }
+
+    /// The length of the whole text in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Content::Text(t) => t.len(),
+            Content::Filled { template, slots } => {
+                template.segments.iter().map(String::len).sum::<usize>()
+                    + slots.iter().map(String::len).sum::<usize>()
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A snapshot to record: the redacted canonical text of one target's live content.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -62,7 +156,7 @@ pub struct Snapshot {
     pub config: String,
     pub hash: String,
     /// The content to write; `None` when it is unchanged since the last scan or already in the store (spooled).
-    pub content: Option<String>,
+    pub content: Option<Content>,
     /// The target's content differs from its last scan's: its current hash and history move on.
     pub changed: bool,
 }

@@ -7,7 +7,7 @@
 //! which pruning removes. A write that fails hands its contents back, and the scan's commit writes them itself (and
 //! reports the error if it fails again): nothing is dropped.
 
-use super::StoreError;
+use super::{Content, StoreError};
 use std::collections::HashMap;
 
 /// At most this many contents wait in the channel (the memory bound: this many documents).
@@ -16,7 +16,7 @@ const QUEUE: usize = 128;
 const BATCH: usize = 256;
 
 /// A write of one batch of `(hash, content)` pairs, all or nothing.
-pub type WriteBatch = Box<dyn FnMut(&[(String, String)]) -> Result<(), StoreError> + Send>;
+pub type WriteBatch = Box<dyn FnMut(&[(String, Content)]) -> Result<(), StoreError> + Send>;
 
 /// What the writer did.
 #[derive(Debug, Default)]
@@ -26,13 +26,13 @@ pub struct SpoolOutcome {
     /// The first write error, after which nothing more was written.
     pub error: Option<StoreError>,
     /// Contents not written (after an error), by hash: the scan's commit writes them.
-    pub returned: HashMap<String, String>,
+    pub returned: HashMap<String, Content>,
 }
 
 /// A running writer; [`Spool::finish`] waits for it.
 #[derive(Debug)]
 pub struct Spool {
-    tx: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<(String, String)>>>,
+    tx: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<(String, Content)>>>,
     handle: std::sync::Mutex<Option<std::thread::JoinHandle<SpoolOutcome>>>,
 }
 
@@ -40,7 +40,7 @@ impl Spool {
     /// Start a writer thread around `write`. `None` when no thread can be started (the scan then keeps the contents
     /// and its commit writes them, as without a spool).
     pub fn start(mut write: WriteBatch) -> Option<Spool> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Content)>(QUEUE);
         let handle = std::thread::Builder::new()
             .name("plumb-spool".into())
             .spawn(move || {
@@ -76,7 +76,7 @@ impl Spool {
     }
 
     /// Hand over one content; waits while the queue is full. `Err` gives it back when the writer is gone.
-    pub async fn put(&self, hash: String, content: String) -> Result<(), (String, String)> {
+    pub async fn put(&self, hash: String, content: Content) -> Result<(), (String, Content)> {
         let tx = match self.tx.lock() {
             Ok(g) => g.clone(),
             Err(_) => None,
@@ -109,8 +109,8 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn item(i: usize) -> (String, String) {
-        (format!("h{i}"), format!("content {i}"))
+    fn item(i: usize) -> (String, Content) {
+        (format!("h{i}"), Content::Text(format!("content {i}")))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +118,7 @@ mod tests {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = seen.clone();
         let mut calls = 0;
-        let spool = Spool::start(Box::new(move |batch: &[(String, String)]| {
+        let spool = Spool::start(Box::new(move |batch: &[(String, Content)]| {
             calls += 1;
             if calls > 2 {
                 return Err(StoreError::Corrupt("disk full".into()));
@@ -143,7 +143,7 @@ mod tests {
             assert!(!out.returned.contains_key(h));
         }
         assert_eq!(
-            out.returned.get("h999").map(String::as_str),
+            out.returned.get("h999").map(Content::text).as_deref(),
             Some("content 999")
         );
     }

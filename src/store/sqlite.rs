@@ -56,7 +56,66 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE targets ADD COLUMN etag TEXT;
      ALTER TABLE targets ADD COLUMN last_modified TEXT;
      ALTER TABLE targets ADD COLUMN unified TEXT;",
+    // 4: snapshots of nodes that match their baseline: the baseline's canonical text once, split at the node
+    // values (`snapshot_templates.segments`, a JSON array), and per snapshot only those values (`content`, a JSON
+    // array, with `template` naming the split text). `template` NULL: `content` is the whole text.
+    "ALTER TABLE snapshots ADD COLUMN template TEXT;
+     CREATE TABLE snapshot_templates (hash TEXT PRIMARY KEY, segments TEXT NOT NULL, first_seen TEXT NOT NULL);",
 ];
+
+/// Write one snapshot content (`INSERT OR IGNORE`: contents are addressed by the hash of their whole text).
+fn insert_content(
+    tx: &rusqlite::Transaction,
+    hash: &str,
+    content: &super::Content,
+    first_seen: &str,
+    written: &mut std::collections::HashSet<String>,
+) -> rusqlite::Result<()> {
+    match content {
+        super::Content::Text(text) => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO snapshots (hash, content, size, first_seen) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![hash, text, text.len() as i64, first_seen])?;
+        }
+        super::Content::Filled { template, slots } => {
+            // Once per template and writer (`written`), not once per node.
+            if !written.contains(&template.hash) {
+                let segments = serde_json::to_string(&template.segments)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO snapshot_templates (hash, segments, first_seen) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![template.hash, segments, first_seen])?;
+                written.insert(template.hash.clone());
+            }
+            let values = serde_json::to_string(slots)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO snapshots (hash, content, size, first_seen, template) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![hash, values, content.len() as i64, first_seen, template.hash])?;
+        }
+    }
+    Ok(())
+}
+
+/// The whole text of a stored snapshot: `content` itself, or `content`'s values filled into the template's segments.
+fn stored_text(content: String, segments: Option<String>) -> Result<String, String> {
+    let Some(segments) = segments else {
+        return Ok(content);
+    };
+    let segments: Vec<String> = serde_json::from_str(&segments)
+        .map_err(|e| format!("a snapshot template does not parse: {e}"))?;
+    let slots: Vec<String> = serde_json::from_str(&content)
+        .map_err(|e| format!("a snapshot's values do not parse: {e}"))?;
+    super::SlotText {
+        hash: String::new(),
+        segments,
+    }
+    .fill(&slots)
+    .ok_or_else(|| "a snapshot's values do not fit its template".to_string())
+}
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -268,21 +327,18 @@ impl Store for SqliteStore {
         conn.execute_batch("PRAGMA synchronous = NORMAL;").ok()?;
         let first_seen = first_seen.to_string();
         let mut conn = conn;
-        super::spool::Spool::start(Box::new(move |batch: &[(String, String)]| {
+        let mut written = std::collections::HashSet::new();
+        super::spool::Spool::start(Box::new(move |batch: &[(String, super::Content)]| {
             let e = |x| err(&path, x);
             let tx = conn.transaction().map_err(e)?;
-            {
-                let mut ins = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO snapshots (hash, content, size, first_seen) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .map_err(e)?;
-                for (hash, content) in batch {
-                    ins.execute(params![hash, content, content.len() as i64, first_seen])
-                        .map_err(e)?;
-                }
+            // Templates this batch writes: remembered only once the batch commits.
+            let mut batch_written = written.clone();
+            for (hash, content) in batch {
+                insert_content(&tx, hash, content, &first_seen, &mut batch_written).map_err(e)?;
             }
-            tx.commit().map_err(e)
+            tx.commit().map_err(e)?;
+            written = batch_written;
+            Ok(())
         }))
     }
 
@@ -492,11 +548,6 @@ impl Store for SqliteStore {
         )
         .map_err(e)?;
         {
-            let mut ins_snap = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO snapshots (hash, content, size, first_seen) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(e)?;
             let mut up_target = tx
                 .prepare_cached(
                     "INSERT INTO targets (node, config, hash) VALUES (?1, ?2, ?3) \
@@ -509,11 +560,10 @@ impl Store for SqliteStore {
             let mut has_snap = tx
                 .prepare_cached("SELECT 1 FROM snapshots WHERE hash = ?1")
                 .map_err(e)?;
+            let mut templates = std::collections::HashSet::new();
             for s in &scan.snapshots {
                 if let Some(c) = &s.content {
-                    ins_snap
-                        .execute(params![s.hash, c, c.len() as i64, scan.started_at])
-                        .map_err(e)?;
+                    insert_content(&tx, &s.hash, c, &scan.started_at, &mut templates).map_err(e)?;
                 } else if s.changed && !has_snap.exists(params![s.hash]).map_err(e)? {
                     return Err(StoreError::Corrupt(format!(
                         "{}: snapshot {} of {}/{} was not written; the scan is not recorded",
@@ -772,25 +822,40 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT h.node, h.config, h.at, h.scan_id, h.hash, s.content FROM history h \
+                "SELECT h.node, h.config, h.at, h.scan_id, h.hash, s.content, t.segments FROM history h \
                  LEFT JOIN snapshots s ON s.hash = h.hash \
+                 LEFT JOIN snapshot_templates t ON t.hash = s.template \
                  WHERE h.node = ?1 AND (?2 IS NULL OR h.config = ?2) ORDER BY h.config, h.id",
             )
             .map_err(|e| err(&self.path, e))?;
         let rows = st
             .query_map(params![node, config], |r| {
-                Ok(HistoryEntry {
+                let entry = HistoryEntry {
                     node: r.get(0)?,
                     config: r.get(1)?,
                     at: r.get(2)?,
                     scan_id: r.get(3)?,
                     hash: r.get(4)?,
                     content: r.get(5)?,
-                })
+                };
+                Ok((entry, r.get::<_, Option<String>>(6)?))
             })
             .map_err(|e| err(&self.path, e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(&self.path, e))
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut entry, segments) = row.map_err(|e| err(&self.path, e))?;
+            if let Some(content) = entry.content.take() {
+                entry.content = Some(stored_text(content, segments).map_err(|m| {
+                    StoreError::Corrupt(format!(
+                        "{}: snapshot {}: {m}",
+                        self.path.display(),
+                        entry.hash
+                    ))
+                })?);
+            }
+            out.push(entry);
+        }
+        Ok(out)
     }
 
     fn ack(&mut self, ack: &Ack) -> Result<(), StoreError> {
@@ -882,6 +947,13 @@ impl Store for SqliteStore {
                 params![before],
             )
             .map_err(e)?;
+        // Split baseline texts no snapshot fills any more (same age rule as snapshots).
+        tx.execute(
+            "DELETE FROM snapshot_templates WHERE first_seen < ?1 AND hash NOT IN \
+             (SELECT template FROM snapshots WHERE template IS NOT NULL)",
+            params![before],
+        )
+        .map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(p)
     }
@@ -941,9 +1013,106 @@ mod tests {
             node: "n1".into(),
             config: "c".into(),
             hash: hash.into(),
-            content: content.map(str::to_string),
+            content: content.map(|c| super::super::Content::Text(c.to_string())),
             changed: content.is_some(),
         }
+    }
+
+    #[test]
+    fn filled_snapshots_read_back_whole_and_their_template_is_pruned_with_them() {
+        use super::super::{Content, SlotText};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let template = std::sync::Arc::new(SlotText::new(vec![
+            "{\n  \"name\": ".into(),
+            ",\n  \"port\": 80\n}\n".into(),
+        ]));
+        let filled = |node: &str, hash: &str, value: &str| Snapshot {
+            node: node.into(),
+            config: "c".into(),
+            hash: hash.into(),
+            content: Some(Content::Filled {
+                template: template.clone(),
+                slots: vec![serde_json::to_string(value).unwrap()],
+            }),
+            changed: true,
+        };
+        // One through the spool, one through the commit: the template is stored once.
+        let spool = s
+            .spool("2026-01-01T00:00:00Z")
+            .expect("a file store spools");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let Some(c1) = filled("n1", "h1", "n1").content else {
+            unreachable!()
+        };
+        rt.block_on(spool.put("h1".into(), c1))
+            .expect("writer alive");
+        let out = spool.finish();
+        assert_eq!((out.written, out.error.is_none()), (1, true));
+        let mut first = filled("n1", "h1", "n1");
+        first.content = None;
+        commit(
+            &mut s,
+            "s1",
+            "2026-01-01T00:00:00Z",
+            vec![first, filled("n2", "h2", "n\"2")],
+            vec![],
+        );
+        let count = |s: &SqliteStore, table: &str| -> i64 {
+            s.conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&s, "snapshot_templates"), 1);
+        let h1 = s.history("n1", None).unwrap();
+        assert_eq!(
+            h1[0].content.as_deref(),
+            Some("{\n  \"name\": \"n1\",\n  \"port\": 80\n}\n")
+        );
+        let h2 = s.history("n2", None).unwrap();
+        assert_eq!(
+            h2[0].content.as_deref(),
+            Some("{\n  \"name\": \"n\\\"2\",\n  \"port\": 80\n}\n")
+        );
+        let size: i64 = s
+            .conn
+            .query_row("SELECT size FROM snapshots WHERE hash = 'h2'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(size as usize, h2[0].content.as_ref().map_or(0, String::len));
+        // Both targets move on to whole texts; once the old snapshots are pruned, so is their template.
+        commit(
+            &mut s,
+            "s2",
+            "2026-01-02T00:00:00Z",
+            vec![snap("h3", Some("x"))],
+            vec![],
+        );
+        let mut other = snap("h4", Some("y"));
+        other.node = "n2".into();
+        commit(&mut s, "s3", "2026-01-02T00:00:00Z", vec![other], vec![]);
+        s.conn
+            .execute("DELETE FROM history WHERE hash IN ('h1', 'h2')", [])
+            .unwrap();
+        s.prune("2026-02-01T00:00:00Z").unwrap();
+        assert_eq!(count(&s, "snapshot_templates"), 0);
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+        // A damaged values row is an error naming the snapshot, not a wrong text.
+        commit(
+            &mut s,
+            "s4",
+            "2026-03-01T00:00:00Z",
+            vec![filled("n5", "h5", "n5")],
+            vec![],
+        );
+        s.conn
+            .execute("UPDATE snapshots SET content = '[]' WHERE hash = 'h5'", [])
+            .unwrap();
+        let e = s.history("n5", None).expect_err("values do not fit");
+        assert!(e.to_string().contains("snapshot h5"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod fast;
+
 /// What a scan learned about one config of one node.
 #[derive(Debug, Clone)]
 pub struct TargetResult {
@@ -32,7 +34,7 @@ pub struct TargetResult {
     /// The baseline file that applied, if any.
     pub baseline: Option<(Scope, PathBuf)>,
     /// The snapshot hash of the redacted live content, and the content itself when it changed since the last scan.
-    pub snapshot: Option<(String, Option<String>)>,
+    pub snapshot: Option<(String, Option<crate::store::Content>)>,
     /// How long the fetch took, retries included.
     pub fetch_seconds: f64,
     /// A warm result: the body, baseline and rules are those of the last evaluation (or the node answered
@@ -297,6 +299,34 @@ pub fn evaluate_fetched(
     {
         return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
     }
+    let resolved = plan
+        .baselines
+        .configs
+        .get(&cfg.name)
+        .and_then(|c| c.resolve(node));
+    // A JSON body equal to its baseline: recognized while parsed, its results taken from the compiled baseline.
+    let plain_json = cfg.normalizer.format == crate::normalize::Format::Json
+        && cfg.normalizer.extract.is_none()
+        && cfg.normalizer.decode.is_empty();
+    if plain_json
+        && !keep_document
+        && let Some((scope, file)) = resolved
+        && let Some(compiled) =
+            ctx.fast
+                .get(file, ctx.redactor.as_deref(), &plan.rules, &cfg.name, node)
+        && matched(
+            &mut r, &compiled, &bytes, plan, node, cfg, now, ctx, &target,
+        )
+    {
+        r.baseline = Some((scope, file.path.clone()));
+        r.input = context.map(|context| InputMemo {
+            body,
+            context,
+            validators,
+            unified: String::new(),
+        });
+        return r;
+    }
     let mut live = match cfg.normalizer.normalize(&bytes) {
         Ok(d) => d,
         Err(e) => {
@@ -313,11 +343,6 @@ pub fn evaluate_fetched(
     r.read = true;
     let raw_len = bytes.len();
     drop(bytes);
-    let resolved = plan
-        .baselines
-        .configs
-        .get(&cfg.name)
-        .and_then(|c| c.resolve(node));
     // Most nodes match their baseline: one comparison against the (unsubstituted) baseline tells, before
     // redaction (which rewrites both sides alike), and spares building, redacting and diffing a per-node copy.
     let matches_baseline = resolved.is_some_and(|(_, f)| {
@@ -338,7 +363,14 @@ pub fn evaluate_fetched(
         .previous
         .get(&target)
         .is_some_and(|h| h.as_deref() == Some(hash.as_str()));
-    r.snapshot = Some((hash, if unchanged { None } else { Some(text) }));
+    r.snapshot = Some((
+        hash,
+        if unchanged {
+            None
+        } else {
+            Some(crate::store::Content::Text(text))
+        },
+    ));
     let mut baseline = if matches_baseline && !rules.iter().any(|r| r.reads_baseline()) {
         None
     } else {
@@ -357,50 +389,8 @@ pub fn evaluate_fetched(
             baseline: baseline.as_ref().map(|(_, _, d)| d),
             raw_len,
         };
-        match rule.evaluate(&input, &mut cel) {
-            Outcome::Pass => {}
-            Outcome::Fail {
-                path,
-                actual,
-                expected,
-                message,
-            } => {
-                let mut f = Finding::observed(
-                    Kind::Violation,
-                    rule.severity,
-                    &node.name,
-                    &cfg.name,
-                    path,
-                    &rule.id,
-                    message,
-                    now,
-                );
-                f.expected = expected;
-                f.actual = actual;
-                f.rule = Some(rule.id.clone());
-                r.findings.push(f);
-            }
-            Outcome::Error(e) => {
-                let mut f = coverage(
-                    Kind::Invalid,
-                    node,
-                    cfg,
-                    format!(
-                        "{}/{}: rule {} could not be evaluated: {e}",
-                        node.name, cfg.name, rule.id
-                    ),
-                    now,
-                );
-                f.fingerprint = fingerprint(
-                    Kind::Invalid,
-                    &node.name,
-                    &cfg.name,
-                    &format!("rule:{}", rule.id),
-                );
-                f.rule = Some(rule.id.clone());
-                r.findings.push(f);
-            }
-        }
+        let outcome = rule.evaluate(&input, &mut cel);
+        push_outcome(&mut r, rule, outcome, node, cfg, now);
     }
     match baseline {
         None if matches_baseline => {
@@ -465,6 +455,125 @@ pub fn evaluate_fetched(
     r
 }
 
+/// The finding a rule's outcome gives, if any.
+fn push_outcome(
+    r: &mut TargetResult,
+    rule: &crate::rules::Rule,
+    outcome: Outcome,
+    node: &Node,
+    cfg: &ConfigPlan,
+    now: &str,
+) {
+    match outcome {
+        Outcome::Pass => {}
+        Outcome::Fail {
+            path,
+            actual,
+            expected,
+            message,
+        } => {
+            let mut f = Finding::observed(
+                Kind::Violation,
+                rule.severity,
+                &node.name,
+                &cfg.name,
+                path,
+                &rule.id,
+                message,
+                now,
+            );
+            f.expected = expected;
+            f.actual = actual;
+            f.rule = Some(rule.id.clone());
+            r.findings.push(f);
+        }
+        Outcome::Error(e) => {
+            let mut f = coverage(
+                Kind::Invalid,
+                node,
+                cfg,
+                format!(
+                    "{}/{}: rule {} could not be evaluated: {e}",
+                    node.name, cfg.name, rule.id
+                ),
+                now,
+            );
+            f.fingerprint = fingerprint(
+                Kind::Invalid,
+                &node.name,
+                &cfg.name,
+                &format!("rule:{}", rule.id),
+            );
+            f.rule = Some(rule.id.clone());
+            r.findings.push(f);
+        }
+    }
+}
+
+/// The fast path ([`fast`]): when `bytes` match the compiled baseline, fill `r` as the full path would (read, the
+/// snapshot, the rules' findings) and return `true`; `false` leaves `r` untouched for the full path.
+#[allow(clippy::too_many_arguments)]
+fn matched(
+    r: &mut TargetResult,
+    compiled: &fast::Compiled,
+    bytes: &[u8],
+    plan: &Plan,
+    node: &Node,
+    cfg: &ConfigPlan,
+    now: &str,
+    ctx: &Context,
+    target: &(String, String),
+) -> bool {
+    let Some(values) = compiled.values(node) else {
+        return false;
+    };
+    if !compiled.matches(bytes, &values) {
+        return false;
+    }
+    let values = compiled.redacted_values(values, ctx.redactor.as_deref());
+    let slots = fast::Compiled::slot_texts(&values);
+    let Some(hash) = compiled.text.hash_filled(&slots) else {
+        return false;
+    };
+    let hash = hash.to_hex().to_string();
+    let unchanged = ctx
+        .previous
+        .get(target)
+        .is_some_and(|h| h.as_deref() == Some(hash.as_str()));
+    r.read = true;
+    r.snapshot = Some((
+        hash,
+        (!unchanged).then(|| crate::store::Content::Filled {
+            template: compiled.text.clone(),
+            slots,
+        }),
+    ));
+    // The rules' documents: the redacted baseline, or (for rules reading node values) the node's redacted
+    // document rebuilt from it, which is also its baseline (the node matches it).
+    let mut filled: Option<Document> = None;
+    let (mut cel, mut cel_filled) = (CelCache::default(), CelCache::default());
+    for rule in plan.rules.for_target(&cfg.name, node) {
+        let (doc, cel) = match compiled.rule_class(rule) {
+            fast::RuleClass::Pass => continue,
+            fast::RuleClass::Eval => (&compiled.redacted, &mut cel),
+            fast::RuleClass::Filled => (
+                &*filled.get_or_insert_with(|| compiled.filled(&values)),
+                &mut cel_filled,
+            ),
+        };
+        let input = Input {
+            node,
+            config: &cfg.name,
+            doc,
+            baseline: Some(doc),
+            raw_len: bytes.len(),
+        };
+        let outcome = rule.evaluate(&input, cel);
+        push_outcome(r, rule, outcome, node, cfg, now);
+    }
+    true
+}
+
 /// The warm result: the last evaluation's findings stand, observed now; the snapshot is unchanged.
 #[allow(clippy::too_many_arguments)]
 fn warm(
@@ -527,6 +636,8 @@ pub struct Context {
     pub inputs: Arc<HashMap<(String, String), InputMemo>>,
     pub observed: Arc<HashMap<(String, String), Vec<Finding>>>,
     pub digests: Option<Arc<InputDigests>>,
+    /// Baselines compiled for the fast path, on first use in this scan.
+    pub fast: Arc<fast::Cache>,
 }
 
 /// The superseded baseline version `d`'s live value went back to, if any (newest first).

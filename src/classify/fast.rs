@@ -1,0 +1,875 @@
+//! The matching fast path: a JSON body equal to its baseline (node values substituted) is recognized while it is
+//! parsed, without building a tree, and its snapshot and rule outcomes come from the baseline, compiled once per
+//! scan.
+//!
+//! Pure: no I/O. Most nodes of a fleet match their baseline; for them a full evaluation would parse the body into a
+//! tree, redact it, print it canonically and run every rule on it, only to find nothing. Here instead:
+//!
+//! - [`Compiled`] holds the baseline as a comparison tree (sorted keys, placeholder strings as numbered *slots*),
+//!   its redacted canonical text split at the slots, the redacted baseline the rules see, and per rule whether its
+//!   outcome on a matching node is known (`Pass`), is to be evaluated on the redacted baseline with the node
+//!   (`Eval`: no parse), or reads the node's values (`Filled`: evaluated on a copy of the redacted baseline with
+//!   them filled in, which is the document the full path would have built).
+//! - [`Compiled::matches`] walks the body with serde_json's deserializer against that tree and stops at the first
+//!   difference; a mismatch, a syntax error or anything unusual (a duplicate key) means "not known to match", and
+//!   the caller takes the full path, which decides and reports. A match is exactly the full path's
+//!   `matches_template` (same parser, same number folding, same string comparison after substitution).
+//!
+//! What the full path would compute for a matching node is then a function of the baseline and the node's values:
+//! the redacted canonical text is the split text with each slot's substituted (and text-pattern redacted) value,
+//! its rules see the redacted baseline. Baselines where that does not hold get no [`Compiled`]: placeholders in
+//! keys, a placeholder inside a value redacted whole, redaction paths with filters in a templated baseline.
+
+use crate::baseline::{BaselineFile, substitute};
+use crate::inventory::Node;
+use crate::normalize::Document;
+use crate::redact::Redactor;
+use crate::rules::{Check, Input, Outcome, Rule, RuleSet};
+use crate::store::SlotText;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The baseline as the matcher walks it.
+#[derive(Debug)]
+enum CNode {
+    Null,
+    Bool(bool),
+    Num(Number),
+    Str(Box<str>),
+    /// A string holding placeholders: the index of its substituted value.
+    Slot(usize),
+    Arr(Vec<CNode>),
+    /// Entries sorted by key (the order of a `serde_json::Map`).
+    Obj(Vec<(Box<str>, CNode)>),
+}
+
+/// What a rule's outcome on a matching node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleClass {
+    /// Passes on every node that matches this baseline.
+    Pass,
+    /// Evaluate on the redacted baseline with the node (node-specific message, size, CEL `node`).
+    Eval,
+    /// Reads values that differ per node: evaluate on the redacted baseline with the node's values filled in
+    /// ([`Compiled::filled`], built once per node that needs it).
+    Filled,
+}
+
+/// One baseline file compiled for the fast path.
+#[derive(Debug)]
+pub struct Compiled {
+    tree: CNode,
+    /// The template string of each slot, in document order.
+    slots: Vec<String>,
+    /// The redacted canonical text, split at the slots.
+    pub text: Arc<SlotText>,
+    /// The redacted baseline as rules see it (slot strings unsubstituted).
+    pub redacted: Document,
+    /// By rule id, for the rules of this baseline's config.
+    rules: HashMap<String, RuleClass>,
+}
+
+/// The JSON text `"\u0000plumb-slot\u0000"` marks a slot in the printed baseline.
+const SENTINEL: &str = "\u{0}plumb-slot\u{0}";
+const SENTINEL_JSON: &str = "\"\\u0000plumb-slot\\u0000\"";
+
+fn has_placeholder(s: &str) -> bool {
+    s.contains("${node.")
+}
+
+fn contains_slot(v: &Value) -> bool {
+    match v {
+        Value::String(s) => has_placeholder(s),
+        Value::Array(a) => a.iter().any(contains_slot),
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, x)| has_placeholder(k) || contains_slot(x)),
+        _ => false,
+    }
+}
+
+/// Build the comparison tree from the baseline `t` and, side by side, the structurally redacted copy `r`: slot
+/// strings must be left intact by redaction (else `None`). `r` becomes the rules' view (text patterns applied to
+/// every string but the slots) and `printed` the text view (slots replaced by the sentinel).
+fn build(
+    t: &Value,
+    r: &mut Value,
+    printed: &mut Value,
+    slots: &mut Vec<String>,
+    red: Option<&Redactor>,
+) -> Option<CNode> {
+    Some(match t {
+        Value::Null => CNode::Null,
+        Value::Bool(b) => CNode::Bool(*b),
+        Value::Number(n) => CNode::Num(n.clone()),
+        Value::String(s) if has_placeholder(s) => {
+            // Redaction must not have touched a slot: its redacted form would depend on the node.
+            if r.as_str() != Some(s) {
+                return None;
+            }
+            *printed = Value::String(SENTINEL.into());
+            slots.push(s.clone());
+            CNode::Slot(slots.len() - 1)
+        }
+        Value::String(s) => {
+            if let (Some(red), Value::String(rs)) = (red, &mut *r) {
+                red.redact_string(rs);
+                *printed = Value::String(rs.clone());
+            }
+            CNode::Str(s.as_str().into())
+        }
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, x) in items.iter().enumerate() {
+                match (r.get_mut(i), printed.get_mut(i)) {
+                    (Some(rx), Some(px)) => out.push(build(x, rx, px, slots, red)?),
+                    // Redacted whole (a marker now): fine unless it held a slot.
+                    _ if contains_slot(x) => return None,
+                    _ => out.push(build_plain(x)),
+                }
+            }
+            CNode::Arr(out)
+        }
+        Value::Object(map) => {
+            let mut out = Vec::with_capacity(map.len());
+            for (k, x) in map {
+                if has_placeholder(k) {
+                    return None;
+                }
+                match (r.get_mut(k.as_str()), printed.get_mut(k.as_str())) {
+                    (Some(rx), Some(px)) if r_is_container_or_same(x, rx) => {
+                        out.push((k.as_str().into(), build(x, rx, px, slots, red)?))
+                    }
+                    _ if contains_slot(x) => return None,
+                    _ => out.push((k.as_str().into(), build_plain(x))),
+                }
+            }
+            CNode::Obj(out)
+        }
+    })
+}
+
+/// Whether `r` (redacted) still has `t`'s shape at this place (a redacted value is a marker string instead).
+fn r_is_container_or_same(t: &Value, r: &Value) -> bool {
+    match (t, r) {
+        (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_)) => true,
+        (Value::Object(_) | Value::Array(_), _) => false,
+        (t, r) => t == r || matches!((t, r), (Value::String(_), Value::String(_))),
+    }
+}
+
+/// The comparison tree of a subtree without slots.
+fn build_plain(t: &Value) -> CNode {
+    match t {
+        Value::Null => CNode::Null,
+        Value::Bool(b) => CNode::Bool(*b),
+        Value::Number(n) => CNode::Num(n.clone()),
+        Value::String(s) => CNode::Str(s.as_str().into()),
+        Value::Array(a) => CNode::Arr(a.iter().map(build_plain).collect()),
+        Value::Object(o) => CNode::Obj(
+            o.iter()
+                .map(|(k, v)| (k.as_str().into(), build_plain(v)))
+                .collect(),
+        ),
+    }
+}
+
+impl Compiled {
+    /// Compile a JSON-comparable baseline for the rules of `config`. `None` when the fast path cannot give the full
+    /// path's results for it (see the module docs); `node` is any node, for evaluating rules whose outcome does not
+    /// depend on it.
+    pub fn new(
+        file: &BaselineFile,
+        red: Option<&Redactor>,
+        rules: &RuleSet,
+        config: &str,
+        node: &Node,
+    ) -> Option<Compiled> {
+        let Document::Tree(t) = &file.doc else {
+            return None;
+        };
+        let mut r = t.clone();
+        if let Some(red) = red {
+            red.redact_structure(&mut r);
+        }
+        let templated = contains_slot(t);
+        if templated && red.is_some_and(Redactor::has_filtered_paths) {
+            return None;
+        }
+        let mut printed = r.clone();
+        let mut slots = Vec::new();
+        let tree = if matches!(t, Value::String(_)) || r_is_container_or_same(t, &r) {
+            build(t, &mut r, &mut printed, &mut slots, red)?
+        } else if templated {
+            return None;
+        } else {
+            build_plain(t)
+        };
+        let mut text = Document::Tree(printed).canonical_text();
+        if text.is_empty() {
+            return None;
+        }
+        // Split at the sentinels; a baseline string that happens to print like one makes the count differ.
+        let segments: Vec<String> = text.split(SENTINEL_JSON).map(str::to_string).collect();
+        if segments.len() != slots.len() + 1 {
+            return None;
+        }
+        text.clear();
+        let redacted = Document::Tree(r);
+        let mut classes = HashMap::new();
+        for rule in rules.rules.iter().filter(|x| x.config == config) {
+            classes.insert(
+                rule.id.clone(),
+                classify_rule(rule, &redacted, templated, node),
+            );
+        }
+        Some(Compiled {
+            tree,
+            slots,
+            text: Arc::new(SlotText::new(segments)),
+            redacted,
+            rules: classes,
+        })
+    }
+
+    /// How `rule` goes on a matching node (`Filled` for a rule this baseline was not compiled with).
+    pub fn rule_class(&self, rule: &Rule) -> RuleClass {
+        self.rules
+            .get(&rule.id)
+            .copied()
+            .unwrap_or(RuleClass::Filled)
+    }
+
+    /// The node's value of every slot, substituted; `None` when a placeholder cannot be filled.
+    pub fn values(&self, node: &Node) -> Option<Vec<String>> {
+        self.slots
+            .iter()
+            .map(|s| substitute(s, node).ok().map(|c| c.into_owned()))
+            .collect()
+    }
+
+    /// Whether `bytes` is a JSON document equal to the baseline with `values` in its slots (as the full path's
+    /// parse and `matches_template` would find). `false` also for anything the full path should look at itself.
+    pub fn matches(&self, bytes: &[u8], values: &[String]) -> bool {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return false;
+        };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut de = serde_json::Deserializer::from_str(text);
+        Seed {
+            t: &self.tree,
+            values,
+        }
+        .deserialize(&mut de)
+        .is_ok()
+            && de.end().is_ok()
+    }
+
+    /// The slot values as the redacted document has them: each through the text patterns.
+    pub fn redacted_values(&self, mut values: Vec<String>, red: Option<&Redactor>) -> Vec<String> {
+        if let Some(red) = red {
+            values.iter_mut().for_each(|v| red.redact_string(v));
+        }
+        values
+    }
+
+    /// The redacted canonical text's slots: each redacted value as JSON.
+    pub fn slot_texts(redacted: &[String]) -> Vec<String> {
+        redacted
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap_or_default())
+            .collect()
+    }
+
+    /// The redacted baseline with `redacted` values in its slots: the redacted document of a matching node.
+    pub fn filled(&self, redacted: &[String]) -> Document {
+        fn walk(v: &mut Value, values: &mut std::slice::Iter<'_, String>) {
+            match v {
+                // Slot strings are the only strings with placeholders, met in slot order.
+                Value::String(s) if has_placeholder(s) => {
+                    if let Some(x) = values.next() {
+                        s.clone_from(x);
+                    }
+                }
+                Value::Array(a) => a.iter_mut().for_each(|x| walk(x, values)),
+                Value::Object(o) => o.values_mut().for_each(|x| walk(x, values)),
+                _ => {}
+            }
+        }
+        let mut doc = self.redacted.clone();
+        if let Document::Tree(v) = &mut doc {
+            walk(v, &mut redacted.iter());
+        }
+        doc
+    }
+}
+
+/// A rule's class on a baseline (see [`RuleClass`]).
+fn classify_rule(rule: &Rule, redacted: &Document, templated: bool, node: &Node) -> RuleClass {
+    let once = || {
+        let input = Input {
+            node,
+            config: &rule.config,
+            doc: redacted,
+            baseline: Some(redacted),
+            raw_len: 0,
+        };
+        match rule.evaluate(&input, &mut Default::default()) {
+            Outcome::Pass => RuleClass::Pass,
+            _ => RuleClass::Eval,
+        }
+    };
+    match &rule.check {
+        Check::Expr(_, uses) => {
+            if templated {
+                RuleClass::Filled
+            } else if uses[2] {
+                RuleClass::Eval
+            } else {
+                once()
+            }
+        }
+        Check::MaxBytes(_) => RuleClass::Eval,
+        // Line rules give the same error on every tree; growth over an equal baseline is none.
+        Check::LinePresent(..) | Check::LineAbsent(..) | Check::MaxGrowth(_) => once(),
+        check => {
+            if !templated {
+                return once();
+            }
+            let Some((text, path)) = &rule.path else {
+                return once();
+            };
+            // A filter can select differently once slots are filled.
+            if text.contains('?') {
+                return RuleClass::Filled;
+            }
+            let selection_only = matches!(
+                check,
+                Check::Exists | Check::CountMin(_) | Check::CountMax(_)
+            );
+            let Document::Tree(root) = redacted else {
+                return RuleClass::Filled;
+            };
+            if !selection_only && path.query(root).all().into_iter().any(contains_slot) {
+                return RuleClass::Filled;
+            }
+            once()
+        }
+    }
+}
+
+/// Per scan: each baseline file compiled at most once, on first use.
+#[derive(Debug, Default)]
+pub struct Cache {
+    files: Mutex<HashMap<PathBuf, Option<Arc<Compiled>>>>,
+}
+
+impl Cache {
+    /// The compiled form of `file` (compiled now if this is its first use), `None` when it has none.
+    pub fn get(
+        &self,
+        file: &BaselineFile,
+        red: Option<&Redactor>,
+        rules: &RuleSet,
+        config: &str,
+        node: &Node,
+    ) -> Option<Arc<Compiled>> {
+        if let Ok(map) = self.files.lock()
+            && let Some(c) = map.get(&file.path)
+        {
+            return c.clone();
+        }
+        let compiled = Compiled::new(file, red, rules, config, node).map(Arc::new);
+        if let Ok(mut map) = self.files.lock() {
+            map.entry(file.path.clone()).or_insert(compiled).clone()
+        } else {
+            compiled
+        }
+    }
+}
+
+/// Walks one value of the body against the tree.
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    t: &'a CNode,
+    values: &'a [String],
+}
+
+fn differs<E: de::Error>() -> E {
+    E::custom("differs from the baseline")
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Seed<'_> {
+    fn number<E: de::Error>(self, n: Number) -> Result<(), E> {
+        match self.t {
+            CNode::Num(t) if *t == n => Ok(()),
+            _ => Err(differs()),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the baseline's value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        match self.t {
+            CNode::Null => Ok(()),
+            _ => Err(differs()),
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        match self.t {
+            CNode::Bool(b) if *b == v => Ok(()),
+            _ => Err(differs()),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(Number::from(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(Number::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<(), E> {
+        // As `normalize::canonicalize_in_place` folds integral floats.
+        if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+            return self.number(Number::from(f as i64));
+        }
+        match Number::from_f64(f) {
+            Some(n) => self.number(n),
+            None => Err(differs()),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        let same = match self.t {
+            CNode::Str(s) => **s == *v,
+            CNode::Slot(i) => self.values.get(*i).is_some_and(|s| s == v),
+            _ => false,
+        };
+        if same { Ok(()) } else { Err(differs()) }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let CNode::Arr(items) = self.t else {
+            return Err(differs());
+        };
+        for t in items {
+            if seq
+                .next_element_seed(Seed {
+                    t,
+                    values: self.values,
+                })?
+                .is_none()
+            {
+                return Err(differs());
+            }
+        }
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(differs());
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let CNode::Obj(entries) = self.t else {
+            return Err(differs());
+        };
+        // Which keys were seen: a bit mask for small objects, a vector beyond.
+        let mut small = 0u64;
+        let mut large = if entries.len() > 64 {
+            vec![false; entries.len()]
+        } else {
+            Vec::new()
+        };
+        let mut count = 0;
+        let mut next = 0;
+        while let Some(i) = map.next_key_seed(Key { entries, next })? {
+            // A repeated key: the full path decides what it means.
+            let repeated = if large.is_empty() {
+                let bit = 1u64 << i;
+                let before = small;
+                small |= bit;
+                before & bit != 0
+            } else {
+                std::mem::replace(&mut large[i], true)
+            };
+            if repeated {
+                return Err(differs());
+            }
+            count += 1;
+            next = i + 1;
+            map.next_value_seed(Seed {
+                t: &entries[i].1,
+                values: self.values,
+            })?;
+        }
+        if count == entries.len() {
+            Ok(())
+        } else {
+            Err(differs())
+        }
+    }
+}
+
+/// Finds a key among an object's sorted entries, trying first the one after the last key found (nodes usually
+/// send keys in a stable order, often sorted).
+struct Key<'a> {
+    entries: &'a [(Box<str>, CNode)],
+    next: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key of the baseline")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+        if let Some((k, _)) = self.entries.get(self.next)
+            && k.as_bytes() == v.as_bytes()
+        {
+            return Ok(self.next);
+        }
+        self.entries
+            .binary_search_by(|(k, _)| (**k).cmp(v))
+            .map_err(|_| differs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::classify::{Context, TargetResult, evaluate};
+    use crate::config::Plan;
+    use crate::store::Content;
+    use std::sync::Arc;
+
+    const BASELINE: &str = r#"{
+      "name": "${node.name}",
+      "url": "https://${node.vars.host}:8443/",
+      "port": 80,
+      "ratio": 0.5,
+      "db": {"user": "app", "password": "hunter2", "pool": [1, 2, 3]},
+      "tags": ["a", "tok-${node.vars.tok}", "c"],
+      "routes": [{"path": "/", "timeout_ms": 100}, {"path": "/api", "timeout_ms": 40000}],
+      "note": "line one\nline two",
+      "empty": {}, "none": null, "on": true
+    }"#;
+
+    const RULES: &str = r#"
+[[rule]]
+id = "port-low"
+config = "app"
+severity = "high"
+path = "$.port"
+le = 1024
+
+[[rule]]
+id = "timeouts"
+config = "app"
+severity = "medium"
+path = "$.routes[*].timeout_ms"
+le = 30000
+message = "{node}: {path} is {actual}"
+
+[[rule]]
+id = "name-set"
+config = "app"
+severity = "low"
+path = "$.name"
+exists = true
+
+[[rule]]
+id = "small"
+config = "app"
+severity = "low"
+max_bytes = 300
+
+[[rule]]
+id = "ratio"
+config = "app"
+severity = "low"
+expr = "config.ratio < 1.0"
+
+[[rule]]
+id = "url-tls"
+config = "app"
+severity = "low"
+path = "$.url"
+matches = '^https://'
+"#;
+
+    /// Two nodes, a templated JSON baseline with a secret and a text-pattern secret in a slot, six rules.
+    fn project(baseline: &str, rules: &str) -> (tempfile::TempDir, Plan) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = [
+            (
+                "plumb.toml",
+                "[redact]\ntext = ['tok-([a-z0-9]+)']\n\n\
+                 [[node]]\nname = \"n1\"\nvars = { host = \"10.0.0.1\", tok = \"abc123\" }\n\n\
+                 [[node]]\nname = \"n2\"\nvars = { host = \"10.0.0.2\", tok = \"zz9\" }\n\n\
+                 [[config]]\nname = \"app\"\nsource.file = \"live/${node.name}.json\"\nformat = \"json\"\n",
+            ),
+            ("baselines/app/default.json", baseline),
+            ("rules/app.toml", rules),
+        ];
+        for (p, c) in files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, c).expect("write");
+        }
+        let plan = crate::config::load(&dir.path().join("plumb.toml")).expect("plan loads");
+        (dir, plan)
+    }
+
+    fn context(plan: &Plan) -> Context {
+        let red = crate::redact::Redactor::new([7; 32], &plan.redact).expect("redactor");
+        Context {
+            redactor: Some(Arc::new(red)),
+            ..Default::default()
+        }
+    }
+
+    /// What must not differ between the fast path and the full one.
+    fn view(r: &TargetResult) -> impl PartialEq + std::fmt::Debug {
+        let mut findings: Vec<_> = r
+            .findings
+            .iter()
+            .map(|f| {
+                (
+                    f.fingerprint.clone(),
+                    f.kind,
+                    f.severity,
+                    f.path.clone(),
+                    f.message.clone(),
+                    f.actual.clone(),
+                    f.expected.clone(),
+                    f.rule.clone(),
+                )
+            })
+            .collect();
+        findings.sort_by(|a, b| a.0.cmp(&b.0));
+        (
+            r.read,
+            findings,
+            r.unified.clone(),
+            r.baseline.clone(),
+            r.snapshot
+                .as_ref()
+                .map(|(h, c)| (h.clone(), c.as_ref().map(Content::text))),
+        )
+    }
+
+    /// Evaluate `body` for node `n` both ways (`keep_document` forces the full path); whether the fast path took it.
+    fn both(plan: &Plan, ctx: &Context, n: usize, body: &str) -> bool {
+        let (node, cfg) = (&plan.nodes[n], &plan.configs[0]);
+        let bytes = body.as_bytes().to_vec();
+        let fast = evaluate(plan, node, cfg, Ok(bytes.clone()), "t", false, ctx);
+        let full = evaluate(plan, node, cfg, Ok(bytes), "t", true, ctx);
+        assert_eq!(view(&fast), view(&full), "body: {body}");
+        matches!(fast.snapshot, Some((_, Some(Content::Filled { .. }))))
+    }
+
+    fn n1_body() -> String {
+        r#"{"on": true, "none": null, "empty": {}, "note": "line one\nline two",
+            "routes": [{"timeout_ms": 100, "path": "/"}, {"path": "/api", "timeout_ms": 40000}],
+            "tags": ["a", "tok-abc123", "c"],
+            "db": {"pool": [1, 2, 3], "password": "hunter2", "user": "app"},
+            "ratio": 0.5, "port": 80, "url": "https://10.0.0.1:8443/", "name": "n1"}"#
+            .to_string()
+    }
+
+    #[test]
+    fn a_matching_body_gives_what_the_full_path_gives() {
+        let (_d, plan) = project(BASELINE, RULES);
+        let ctx = context(&plan);
+        let body = n1_body();
+        assert!(
+            both(&plan, &ctx, 0, &body),
+            "a matching body takes the fast path"
+        );
+        // Spelled differently, same document: escapes, integral floats, a byte order mark, whitespace.
+        for same in [
+            body.replace("\"port\": 80", "\"port\": 80.0"),
+            body.replace("\"user\": \"app\"", "\"user\": \"\\u0061pp\""),
+            body.replace("\"name\"", "\"na\\u006de\""),
+            format!("\u{feff}\n {body} \n"),
+        ] {
+            assert!(both(&plan, &ctx, 0, &same), "fast path for {same}");
+        }
+        // The other node's values do not match n1's slots; n2's body matches n2.
+        assert!(!both(&plan, &ctx, 1, &body));
+        let n2 = body
+            .replace("10.0.0.1", "10.0.0.2")
+            .replace("tok-abc123", "tok-zz9")
+            .replace("\"n1\"", "\"n2\"");
+        assert!(both(&plan, &ctx, 1, &n2));
+    }
+
+    #[test]
+    fn anything_else_takes_the_full_path_with_the_same_results() {
+        let (_d, plan) = project(BASELINE, RULES);
+        let ctx = context(&plan);
+        let body = n1_body();
+        for other in [
+            body.replace("\"port\": 80", "\"port\": 81"),
+            body.replace("\"port\": 80", "\"port\": \"80\""),
+            body.replace("\"port\": 80", "\"port\": 80.5"),
+            body.replace("\"ratio\": 0.5", "\"ratio\": 0.50001"),
+            body.replace("\"password\": \"hunter2\"", "\"password\": \"hunter3\""),
+            body.replace("\"on\": true, ", ""),
+            body.replace("\"on\": true", "\"on\": true, \"extra\": 1"),
+            body.replace("\"on\": true", "\"on\": false, \"on\": true"),
+            body.replace("[1, 2, 3]", "[1, 2, 3, 4]"),
+            body.replace("[1, 2, 3]", "[1, 2]"),
+            body.replace("[1, 2, 3]", "{}"),
+            body.replace("\"none\": null", "\"none\": 0"),
+            body.replace("tok-abc123", "tok-abc124"),
+            body.replace("\"n1\"", "\"n1 \""),
+            format!("{body} x"),
+            body[..body.len() - 1].to_string(),
+            "[]".into(),
+            "\"n1\"".into(),
+        ] {
+            assert!(!both(&plan, &ctx, 0, &other), "full path for {other}");
+        }
+    }
+
+    #[test]
+    fn rules_that_read_node_values_or_fail_on_the_baseline_are_evaluated_per_node() {
+        // `timeouts` fails on the baseline itself: each node gets its own message; `small` reads the body's size.
+        let (_d, plan) = project(BASELINE, RULES);
+        let ctx = context(&plan);
+        let body = n1_body();
+        let r = evaluate(
+            &plan,
+            &plan.nodes[0],
+            &plan.configs[0],
+            Ok(body.into_bytes()),
+            "t",
+            false,
+            &ctx,
+        );
+        let mut ids: Vec<_> = r.findings.iter().filter_map(|f| f.rule.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, ["small", "timeouts"]);
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.message == "n1: $.routes[1].timeout_ms is 40000")
+        );
+        // Rules reading slot values (a regex on one, CEL over the whole config) see the node's own values, on a
+        // document rebuilt from the redacted baseline: same outcomes, messages and actual values as the full path.
+        let rules = format!(
+            "{RULES}\n[[rule]]\nid = \"name-form\"\nconfig = \"app\"\nseverity = \"low\"\npath = \"$.name\"\nmatches = '^x'\n\n\
+             [[rule]]\nid = \"tags\"\nconfig = \"app\"\nseverity = \"low\"\npath = \"$.tags[1]\"\nequals = \"tok-abc123\"\n\n\
+             [[rule]]\nid = \"cel-name\"\nconfig = \"app\"\nseverity = \"low\"\nexpr = \"config.name == 'n2'\"\n"
+        );
+        let (_d, plan) = project(BASELINE, &rules);
+        let ctx = context(&plan);
+        for n in 0..2 {
+            let body = if n == 0 {
+                n1_body()
+            } else {
+                n1_body()
+                    .replace("10.0.0.1", "10.0.0.2")
+                    .replace("tok-abc123", "tok-zz9")
+                    .replace("\"n1\"", "\"n2\"")
+            };
+            assert!(both(&plan, &ctx, n, &body));
+            let r = evaluate(
+                &plan,
+                &plan.nodes[n],
+                &plan.configs[0],
+                Ok(body.into_bytes()),
+                "t",
+                false,
+                &ctx,
+            );
+            let mut ids: Vec<_> = r.findings.iter().filter_map(|f| f.rule.clone()).collect();
+            ids.sort();
+            // The token is redacted before rules run, so `tags` fails on both nodes.
+            let want: &[&str] = if n == 0 {
+                &["cel-name", "name-form", "small", "tags", "timeouts"]
+            } else {
+                &["name-form", "small", "tags", "timeouts"]
+            };
+            assert_eq!(ids, want);
+        }
+    }
+
+    #[test]
+    fn baselines_the_fast_path_cannot_reproduce_get_none() {
+        // A placeholder under a secret key: its marker depends on the node.
+        let secret = BASELINE.replace("\"hunter2\"", "\"pw-${node.name}\"");
+        let (_d, plan) = project(&secret, "");
+        let ctx = context(&plan);
+        let body = n1_body().replace("\"hunter2\"", "\"pw-n1\"");
+        assert!(!both(&plan, &ctx, 0, &body));
+        // A placeholder in a key.
+        let keyed = BASELINE.replace("\"on\": true", "\"on-${node.name}\": true");
+        let (_d, plan) = project(&keyed, "");
+        let body = n1_body().replace("\"on\": true", "\"on-n1\": true");
+        assert!(!both(&plan, &context(&plan), 0, &body));
+        // Without placeholders and without rules: fast.
+        let plain = BASELINE
+            .replace("${node.name}", "n1")
+            .replace("${node.vars.host}", "10.0.0.1")
+            .replace("${node.vars.tok}", "abc123");
+        let (_d, plan) = project(&plain, "");
+        assert!(both(&plan, &context(&plan), 0, &n1_body()));
+    }
+
+    #[test]
+    fn the_split_text_fills_back_to_the_canonical_text() {
+        let (_d, plan) = project(BASELINE, "");
+        let ctx = context(&plan);
+        let r = evaluate(
+            &plan,
+            &plan.nodes[0],
+            &plan.configs[0],
+            Ok(n1_body().into_bytes()),
+            "t",
+            false,
+            &ctx,
+        );
+        let Some((hash, Some(Content::Filled { template, slots }))) = &r.snapshot else {
+            panic!("fast path expected: {:?}", r.snapshot);
+        };
+        assert_eq!(slots.len(), 3);
+        assert_eq!(template.segments.len(), 4);
+        let text = template.fill(slots).expect("fits");
+        assert_eq!(*hash, blake3::hash(text.as_bytes()).to_hex().to_string());
+        assert!(text.contains("\"name\": \"n1\""), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("abc123"),
+            "secrets redacted: {text}"
+        );
+        assert!(template.fill(&slots[1..]).is_none());
+    }
+}
