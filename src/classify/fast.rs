@@ -70,6 +70,95 @@ pub struct Compiled {
     pub redacted: Document,
     /// By rule id, for the rules of this baseline's config.
     rules: HashMap<String, RuleClass>,
+    /// Byte layouts of bodies that matched (see [`Layout`]), at most [`MAX_LAYOUTS`].
+    layouts: std::sync::RwLock<Vec<Arc<Layout>>>,
+}
+
+/// How many byte layouts a baseline keeps (nodes of different software versions print differently).
+const MAX_LAYOUTS: usize = 4;
+
+/// The bytes of a body that matched, split at its slot tokens: another node whose body is these bytes with its own
+/// slot values (as JSON) in those places matches too, which a comparison of bytes tells without parsing. Nodes
+/// running the same software usually print their config the same way (keys in the same order, same spacing).
+#[derive(Debug)]
+struct Layout {
+    /// `pieces[0] slot pieces[1] … pieces[n]`.
+    pieces: Vec<Box<[u8]>>,
+    /// The slot (an index into `Compiled::slots`) at each gap.
+    gaps: Vec<usize>,
+}
+
+impl Layout {
+    /// Whether `body` is this layout with `quoted` (each slot's value as JSON) in the gaps.
+    fn fits(&self, body: &[u8], quoted: &[String]) -> bool {
+        let mut rest = body;
+        for (i, piece) in self.pieces.iter().enumerate() {
+            let Some(r) = rest.strip_prefix(&piece[..]) else {
+                return false;
+            };
+            rest = r;
+            if let Some(&slot) = self.gaps.get(i) {
+                let Some(r) = quoted
+                    .get(slot)
+                    .and_then(|q| rest.strip_prefix(q.as_bytes()))
+                else {
+                    return false;
+                };
+                rest = r;
+            }
+        }
+        rest.is_empty()
+    }
+
+    /// The layout of `body`, which matched with `quoted` slot values: each slot token found by its JSON text.
+    /// `None` when the tokens cannot be told apart (two placeholders with one value, a value also spelled
+    /// elsewhere, a value escaped another way): then the body is only ever compared by parsing.
+    fn learn(body: &[u8], slots: &[String], quoted: &[String]) -> Option<Layout> {
+        // One group per placeholder string: its slots, its JSON text.
+        let mut groups: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut texts: HashMap<&str, &str> = HashMap::new();
+        for (i, (s, q)) in slots.iter().zip(quoted).enumerate() {
+            groups.entry(q.as_str()).or_insert((i, 0)).1 += 1;
+            if *texts.entry(q.as_str()).or_insert(s.as_str()) != s.as_str() {
+                return None;
+            }
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        let mut found: Vec<(usize, usize, usize)> = Vec::new();
+        for (q, (slot, count)) in &groups {
+            let at: Vec<usize> = text.match_indices(q).map(|(p, _)| p).collect();
+            if at.len() != *count {
+                return None;
+            }
+            found.extend(at.into_iter().map(|p| (p, q.len(), *slot)));
+        }
+        found.sort_unstable();
+        let mut pieces = Vec::with_capacity(found.len() + 1);
+        let mut gaps = Vec::with_capacity(found.len());
+        let mut from = 0;
+        for (p, len, slot) in found {
+            if p < from {
+                return None;
+            }
+            pieces.push(body[from..p].into());
+            gaps.push(slot);
+            from = p + len;
+        }
+        pieces.push(body[from..].into());
+        Some(Layout { pieces, gaps })
+    }
+
+    /// The body this layout gives for `quoted`.
+    fn render(&self, quoted: &[String]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, piece) in self.pieces.iter().enumerate() {
+            out.extend_from_slice(piece);
+            if let Some(q) = self.gaps.get(i).and_then(|&s| quoted.get(s)) {
+                out.extend_from_slice(q.as_bytes());
+            }
+        }
+        out
+    }
 }
 
 /// The JSON text `"\u0000plumb-slot\u0000"` marks a slot in the printed baseline.
@@ -232,7 +321,58 @@ impl Compiled {
             text: Arc::new(SlotText::new(segments)),
             redacted,
             rules: classes,
+            layouts: Default::default(),
         })
+    }
+
+    /// Whether `bytes` matches with `values` (see [`Compiled::matches`]): by bytes when a learned layout fits,
+    /// else by parsing, after which a matching body's layout is learned for the nodes after it.
+    pub fn matches_learning(&self, bytes: &[u8], values: &[String]) -> bool {
+        let quoted: Vec<String> = values
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap_or_default())
+            .collect();
+        let known = match self.layouts.read() {
+            Ok(l) => l.iter().any(|l| l.fits(bytes, &quoted)),
+            Err(_) => false,
+        };
+        if known {
+            return true;
+        }
+        if !self.matches(bytes, values) {
+            return false;
+        }
+        if self.layouts.read().is_ok_and(|l| l.len() < MAX_LAYOUTS)
+            && let Some(layout) = Layout::learn(bytes, &self.slots, &quoted)
+            && self.sound(&layout)
+            && let Ok(mut l) = self.layouts.write()
+            && l.len() < MAX_LAYOUTS
+        {
+            l.push(Arc::new(layout));
+        }
+        true
+    }
+
+    /// Whether a learned layout puts exactly the slot tokens in its gaps: filled with made-up values (one per
+    /// placeholder string, found nowhere else), it must parse and match the baseline with those values.
+    fn sound(&self, layout: &Layout) -> bool {
+        let mut made_up: HashMap<&str, String> = HashMap::new();
+        let values: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let n = made_up.len();
+                made_up
+                    .entry(s.as_str())
+                    .or_insert_with(|| format!("plumb-layout-check-{n}-7f3a9c"))
+                    .clone()
+            })
+            .collect();
+        let quoted: Vec<String> = values
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap_or_default())
+            .collect();
+        self.matches(&layout.render(&quoted), &values)
     }
 
     /// How `rule` goes on a matching node (`Filled` for a rule this baseline was not compiled with).
@@ -843,6 +983,77 @@ matches = '^https://'
             .replace("${node.vars.tok}", "abc123");
         let (_d, plan) = project(&plain, "");
         assert!(both(&plan, &context(&plan), 0, &n1_body()));
+    }
+
+    #[test]
+    fn a_learned_byte_layout_never_accepts_what_parsing_would_not() {
+        // A literal equal to a node's slot value, and a slot value the body escapes its own way: the byte layout
+        // learned from n1 must not carry n1's literal over as n2's slot, or the other way round.
+        let baseline = r#"{"url": "https://${node.vars.host}:8443/", "q": "https://10.0.0.1:8443/", "n": "${node.name}"}"#;
+        let (_d, plan) = project(baseline, "");
+        let ctx = context(&plan);
+        let n1 =
+            r#"{"url": "https:\/\/10.0.0.1:8443\/", "q": "https://10.0.0.1:8443/", "n": "n1"}"#;
+        assert!(both(&plan, &ctx, 0, n1));
+        for n2 in [
+            // n1's escaped url kept, n2's url where the literal is.
+            r#"{"url": "https:\/\/10.0.0.1:8443\/", "q": "https://10.0.0.2:8443/", "n": "n2"}"#,
+            r#"{"url": "https://10.0.0.2:8443/", "q": "https://10.0.0.2:8443/", "n": "n2"}"#,
+        ] {
+            assert!(!both(&plan, &ctx, 1, n2), "{n2}");
+        }
+        assert!(both(
+            &plan,
+            &ctx,
+            1,
+            r#"{"url": "https://10.0.0.2:8443/", "q": "https://10.0.0.1:8443/", "n": "n2"}"#
+        ));
+        // The same placeholder twice, and a layout learned from n1 serving n2 by bytes.
+        let baseline =
+            r#"{"a": "${node.name}", "b": ["${node.name}", "x-${node.vars.tok}"], "c": 1}"#;
+        let (_d, plan) = project(baseline, "");
+        let ctx = context(&plan);
+        assert!(both(
+            &plan,
+            &ctx,
+            0,
+            r#"{"a": "n1", "b": ["n1", "x-abc123"], "c": 1}"#
+        ));
+        let compiled = ctx
+            .fast
+            .files
+            .lock()
+            .expect("lock")
+            .values()
+            .flatten()
+            .next()
+            .cloned();
+        let compiled = compiled.expect("compiled once");
+        assert_eq!(
+            compiled.layouts.read().expect("lock").len(),
+            1,
+            "learned from n1"
+        );
+        assert!(both(
+            &plan,
+            &ctx,
+            1,
+            r#"{"a": "n2", "b": ["n2", "x-zz9"], "c": 1}"#
+        ));
+        for wrong in [
+            r#"{"a": "n2", "b": ["n1", "x-zz9"], "c": 1}"#,
+            r#"{"a": "n2", "b": ["n2", "x-abc123"], "c": 1}"#,
+            r#"{"a": "n2", "b": ["n2", "x-zz9"], "c": 2}"#,
+            // Equal to the full path (the last of a repeated key counts), but not by this path.
+            r#"{"a": "n2", "b": ["n2", "x-zz9"], "c": 0, "c": 1}"#,
+        ] {
+            assert!(!both(&plan, &ctx, 1, wrong), "{wrong}");
+        }
+        assert_eq!(
+            compiled.layouts.read().expect("lock").len(),
+            1,
+            "n2 used n1's layout"
+        );
     }
 
     #[test]

@@ -527,7 +527,7 @@ fn matched(
     let Some(values) = compiled.values(node) else {
         return false;
     };
-    if !compiled.matches(bytes, &values) {
+    if !compiled.matches_learning(bytes, &values) {
         return false;
     }
     let values = compiled.redacted_values(values, ctx.redactor.as_deref());
