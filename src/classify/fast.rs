@@ -86,9 +86,34 @@ struct Layout {
     pieces: Vec<Box<[u8]>>,
     /// The slot (an index into `Compiled::slots`) at each gap.
     gaps: Vec<usize>,
+    /// blake3 of the pieces and gaps.
+    id: [u8; 32],
+}
+
+/// A node's slot values: as substituted, and as JSON text.
+#[derive(Debug)]
+pub struct NodeValues {
+    pub values: Vec<String>,
+    quoted: Vec<String>,
 }
 
 impl Layout {
+    fn new(pieces: Vec<Box<[u8]>>, gaps: Vec<usize>) -> Layout {
+        let mut h = blake3::Hasher::new();
+        for p in &pieces {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        for g in &gaps {
+            h.update(&(*g as u64).to_le_bytes());
+        }
+        Layout {
+            id: *h.finalize().as_bytes(),
+            pieces,
+            gaps,
+        }
+    }
+
     /// Whether `body` is this layout with `quoted` (each slot's value as JSON) in the gaps.
     fn fits(&self, body: &[u8], quoted: &[String]) -> bool {
         let mut rest = body;
@@ -145,7 +170,18 @@ impl Layout {
             from = p + len;
         }
         pieces.push(body[from..].into());
-        Some(Layout { pieces, gaps })
+        Some(Layout::new(pieces, gaps))
+    }
+
+    /// The identity of the body this layout gives for `quoted` (see [`Compiled::fit`]).
+    fn body_id(&self, quoted: &[String]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("plumb 2026-11 body identity by byte layout");
+        h.update(&self.id);
+        for q in quoted {
+            h.update(&(q.len() as u64).to_le_bytes());
+            h.update(q.as_bytes());
+        }
+        *h.finalize().as_bytes()
     }
 
     /// The body this layout gives for `quoted`.
@@ -325,28 +361,65 @@ impl Compiled {
         })
     }
 
-    /// Whether `bytes` matches with `values` (see [`Compiled::matches`]): by bytes when a learned layout fits,
-    /// else by parsing, after which a matching body's layout is learned for the nodes after it.
-    pub fn matches_learning(&self, bytes: &[u8], values: &[String]) -> bool {
-        let quoted: Vec<String> = values
+    /// One node's slot values, substituted and as JSON; `None` when a placeholder cannot be filled.
+    pub fn prepare(&self, node: &Node) -> Option<NodeValues> {
+        let values = self.values(node)?;
+        let quoted = values
             .iter()
             .map(|v| serde_json::to_string(v).unwrap_or_default())
             .collect();
-        let known = match self.layouts.read() {
-            Ok(l) => l.iter().any(|l| l.fits(bytes, &quoted)),
-            Err(_) => false,
-        };
-        if known {
-            return true;
+        Some(NodeValues { values, quoted })
+    }
+
+    /// When a learned layout fits `bytes` with the node's values (a byte comparison), the body's identity for the
+    /// warm-scan key: a hash of the layout and the values, which determine the body (it stands for the blake3 of
+    /// the body, which it spares; the two are domain-separated).
+    pub fn fit(&self, bytes: &[u8], node: &NodeValues) -> Option<[u8; 32]> {
+        let layouts = self.layouts.read().ok()?;
+        let layout = layouts.iter().find(|l| l.fits(bytes, &node.quoted))?;
+        Some(layout.body_id(&node.quoted))
+    }
+
+    /// The body's identity as [`Compiled::fit`] gives it, also before this scan has learned a layout: when the
+    /// last scan's identity (`last`) is that of a layout learned from this very body (without parsing), the body is
+    /// byte for byte the one the last scan checked against that layout, so the layout is as sound as it was then
+    /// and is kept for the nodes after.
+    pub fn identity(
+        &self,
+        bytes: &[u8],
+        node: &NodeValues,
+        last: Option<&[u8; 32]>,
+    ) -> Option<[u8; 32]> {
+        if let Some(id) = self.fit(bytes, node) {
+            return Some(id);
         }
-        if !self.matches(bytes, values) {
+        let last = last?;
+        let layout = Layout::learn(bytes, &self.slots, &node.quoted)?;
+        let id = layout.body_id(&node.quoted);
+        if id != *last {
+            return None;
+        }
+        if let Ok(mut l) = self.layouts.write()
+            && l.len() < MAX_LAYOUTS
+            && !l.iter().any(|x| x.id == layout.id)
+        {
+            l.push(Arc::new(layout));
+        }
+        Some(id)
+    }
+
+    /// Whether `bytes` matches (see [`Compiled::matches`]) with the node's values, by parsing; a matching body's
+    /// layout is then learned for the nodes after it.
+    pub fn matches_learning(&self, bytes: &[u8], node: &NodeValues) -> bool {
+        if !self.matches(bytes, &node.values) {
             return false;
         }
         if self.layouts.read().is_ok_and(|l| l.len() < MAX_LAYOUTS)
-            && let Some(layout) = Layout::learn(bytes, &self.slots, &quoted)
+            && let Some(layout) = Layout::learn(bytes, &self.slots, &node.quoted)
             && self.sound(&layout)
             && let Ok(mut l) = self.layouts.write()
             && l.len() < MAX_LAYOUTS
+            && !l.iter().any(|x| x.id == layout.id)
         {
             l.push(Arc::new(layout));
         }
@@ -1054,6 +1127,99 @@ matches = '^https://'
             1,
             "n2 used n1's layout"
         );
+    }
+
+    #[test]
+    fn a_warm_scan_knows_unchanged_bodies_by_their_layout_from_its_first_node_on() {
+        use crate::classify::InputDigests;
+        use std::collections::HashMap;
+        let (_d, plan) = project(BASELINE, RULES);
+        let versions = plan.baselines.versions(&plan.root, None);
+        let digests = Arc::new(InputDigests::new(&plan, &versions));
+        let mut ctx = context(&plan);
+        ctx.digests = Some(digests);
+        let cfg = &plan.configs[0];
+        let n2_body = n1_body()
+            .replace("10.0.0.1", "10.0.0.2")
+            .replace("tok-abc123", "tok-zz9")
+            .replace("\"n1\"", "\"n2\"");
+        let bodies = [n1_body(), n2_body];
+        // Cold: n1 parsed (its layout learned), n2 by bytes; both remember the layout identity.
+        let cold: Vec<TargetResult> = (0..2)
+            .map(|i| {
+                evaluate(
+                    &plan,
+                    &plan.nodes[i],
+                    cfg,
+                    Ok(bodies[i].clone().into_bytes()),
+                    "t1",
+                    false,
+                    &ctx,
+                )
+            })
+            .collect();
+        let memos: Vec<_> = cold
+            .iter()
+            .map(|r| r.input.clone().expect("a key"))
+            .collect();
+        assert_eq!(memos[0].body, {
+            let c = ctx
+                .fast
+                .files
+                .lock()
+                .expect("lock")
+                .values()
+                .flatten()
+                .next()
+                .cloned()
+                .expect("compiled");
+            c.fit(
+                bodies[0].as_bytes(),
+                &c.prepare(&plan.nodes[0]).expect("values"),
+            )
+            .expect("fits")
+        });
+        assert_ne!(
+            memos[0].body,
+            *blake3::hash(bodies[0].as_bytes()).as_bytes()
+        );
+        // Warm, with a new scan's empty cache, n2 first: both unchanged, neither parsed.
+        let target = |i: usize| (plan.nodes[i].name.clone(), cfg.name.clone());
+        let mut warm_ctx = context(&plan);
+        warm_ctx.digests = ctx.digests.clone();
+        warm_ctx.inputs = Arc::new(HashMap::from([
+            (target(0), memos[0].clone()),
+            (target(1), memos[1].clone()),
+        ]));
+        warm_ctx.previous = Arc::new(
+            (0..2)
+                .map(|i| (target(i), cold[i].snapshot.as_ref().map(|(h, _)| h.clone())))
+                .collect(),
+        );
+        for i in [1, 0] {
+            let r = evaluate(
+                &plan,
+                &plan.nodes[i],
+                cfg,
+                Ok(bodies[i].clone().into_bytes()),
+                "t2",
+                false,
+                &warm_ctx,
+            );
+            assert!(r.unchanged, "node {i} unchanged");
+        }
+        // A body that changed is not.
+        let changed = bodies[1].replace("\"port\": 80", "\"port\": 81");
+        let r = evaluate(
+            &plan,
+            &plan.nodes[1],
+            cfg,
+            Ok(changed.into_bytes()),
+            "t2",
+            false,
+            &warm_ctx,
+        );
+        assert!(!r.unchanged && r.findings.iter().any(|f| f.path == "$.port"));
     }
 
     #[test]

@@ -293,29 +293,56 @@ pub fn evaluate_fetched(
             return r;
         }
     };
-    let body = *blake3::hash(&bytes).as_bytes();
-    if let Some(m) = memo
-        && m.body == body
-    {
-        return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
-    }
     let resolved = plan
         .baselines
         .configs
         .get(&cfg.name)
         .and_then(|c| c.resolve(node));
-    // A JSON body equal to its baseline: recognized while parsed, its results taken from the compiled baseline.
+    // A JSON body equal to its baseline: recognized by bytes or while parsed, its results taken from the compiled
+    // baseline (the fast path, `fast.rs`).
     let plain_json = cfg.normalizer.format == crate::normalize::Format::Json
         && cfg.normalizer.extract.is_none()
         && cfg.normalizer.decode.is_empty();
-    if plain_json
-        && !keep_document
-        && let Some((scope, file)) = resolved
-        && let Some(compiled) =
-            ctx.fast
-                .get(file, ctx.redactor.as_deref(), &plan.rules, &cfg.name, node)
+    let fast = match resolved {
+        Some((scope, file)) if plain_json && !keep_document => ctx
+            .fast
+            .get(file, ctx.redactor.as_deref(), &plan.rules, &cfg.name, node)
+            .and_then(|c| c.prepare(node).map(|v| (scope, file, c, v))),
+        _ => None,
+    };
+    // The body's identity: by its byte layout when a learned one fits (a comparison instead of a hash), else its
+    // blake3.
+    let fitted = fast
+        .as_ref()
+        .and_then(|(_, _, c, v)| c.identity(&bytes, v, memo.map(|m| &m.body)));
+    let mut body = fitted.unwrap_or_else(|| *blake3::hash(&bytes).as_bytes());
+    if let Some(m) = memo
+        && m.body == body
+    {
+        return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+    }
+    if let Some((scope, file, compiled, values)) = fast
+        && (fitted.is_some() || compiled.matches_learning(&bytes, &values))
+        && {
+            // Matched by parsing: the identity the next scan finds is by the layout just learned, if any.
+            if fitted.is_none()
+                && let Some(id) = compiled.fit(&bytes, &values)
+            {
+                body = id;
+            }
+            true
+        }
         && matched(
-            &mut r, &compiled, &bytes, plan, node, cfg, now, ctx, &target,
+            &mut r,
+            &compiled,
+            values.values,
+            bytes.len(),
+            plan,
+            node,
+            cfg,
+            now,
+            ctx,
+            &target,
         )
     {
         r.baseline = Some((scope, file.path.clone()));
@@ -516,7 +543,8 @@ fn push_outcome(
 fn matched(
     r: &mut TargetResult,
     compiled: &fast::Compiled,
-    bytes: &[u8],
+    values: Vec<String>,
+    raw_len: usize,
     plan: &Plan,
     node: &Node,
     cfg: &ConfigPlan,
@@ -524,12 +552,6 @@ fn matched(
     ctx: &Context,
     target: &(String, String),
 ) -> bool {
-    let Some(values) = compiled.values(node) else {
-        return false;
-    };
-    if !compiled.matches_learning(bytes, &values) {
-        return false;
-    }
     let values = compiled.redacted_values(values, ctx.redactor.as_deref());
     let slots = fast::Compiled::slot_texts(&values);
     let Some(hash) = compiled.text.hash_filled(&slots) else {
@@ -566,7 +588,7 @@ fn matched(
             config: &cfg.name,
             doc,
             baseline: Some(doc),
-            raw_len: bytes.len(),
+            raw_len,
         };
         let outcome = rule.evaluate(&input, cel);
         push_outcome(r, rule, outcome, node, cfg, now);
