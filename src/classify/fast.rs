@@ -21,6 +21,7 @@
 //! keys, a placeholder inside a value redacted whole, redaction paths with filters in a templated baseline.
 
 use crate::baseline::{BaselineFile, substitute};
+use crate::collect::Body;
 use crate::inventory::Node;
 use crate::normalize::Document;
 use crate::redact::Redactor;
@@ -115,24 +116,15 @@ impl Layout {
     }
 
     /// Whether `body` is this layout with `quoted` (each slot's value as JSON) in the gaps.
-    fn fits(&self, body: &[u8], quoted: &[String]) -> bool {
-        let mut rest = body;
-        for (i, piece) in self.pieces.iter().enumerate() {
-            let Some(r) = rest.strip_prefix(&piece[..]) else {
-                return false;
-            };
-            rest = r;
-            if let Some(&slot) = self.gaps.get(i) {
-                let Some(r) = quoted
-                    .get(slot)
-                    .and_then(|q| rest.strip_prefix(q.as_bytes()))
-                else {
-                    return false;
-                };
-                rest = r;
-            }
+    fn fits(&self, body: &Body, quoted: &[String]) -> bool {
+        if self.gaps.iter().any(|&g| g >= quoted.len()) {
+            return false;
         }
-        rest.is_empty()
+        let parts = self.pieces.iter().enumerate().flat_map(|(i, piece)| {
+            let gap = self.gaps.get(i).map(|&g| quoted[g].as_bytes());
+            std::iter::once(&piece[..]).chain(gap)
+        });
+        body.equals_concat(parts)
     }
 
     /// The layout of `body`, which matched with `quoted` slot values: each slot token found by its JSON text.
@@ -374,7 +366,7 @@ impl Compiled {
     /// When a learned layout fits `bytes` with the node's values (a byte comparison), the body's identity for the
     /// warm-scan key: a hash of the layout and the values, which determine the body (it stands for the blake3 of
     /// the body, which it spares; the two are domain-separated).
-    pub fn fit(&self, bytes: &[u8], node: &NodeValues) -> Option<[u8; 32]> {
+    pub fn fit(&self, bytes: &Body, node: &NodeValues) -> Option<[u8; 32]> {
         let layouts = self.layouts.read().ok()?;
         let layout = layouts.iter().find(|l| l.fits(bytes, &node.quoted))?;
         Some(layout.body_id(&node.quoted))
@@ -386,7 +378,7 @@ impl Compiled {
     /// and is kept for the nodes after.
     pub fn identity(
         &self,
-        bytes: &[u8],
+        bytes: &Body,
         node: &NodeValues,
         last: Option<&[u8; 32]>,
     ) -> Option<[u8; 32]> {
@@ -394,7 +386,7 @@ impl Compiled {
             return Some(id);
         }
         let last = last?;
-        let layout = Layout::learn(bytes, &self.slots, &node.quoted)?;
+        let layout = Layout::learn(&bytes.contiguous(), &self.slots, &node.quoted)?;
         let id = layout.body_id(&node.quoted);
         if id != *last {
             return None;
@@ -1174,7 +1166,7 @@ matches = '^https://'
                 .cloned()
                 .expect("compiled");
             c.fit(
-                bodies[0].as_bytes(),
+                &crate::collect::Body::from(bodies[0].clone().into_bytes()),
                 &c.prepare(&plan.nodes[0]).expect("values"),
             )
             .expect("fits")

@@ -230,7 +230,7 @@ pub fn evaluate(
         .as_ref()
         .and_then(|d| d.context(plan, cfg, node));
     let fetched = fetched.map(|bytes| Fetched::Body {
-        bytes,
+        bytes: bytes.into(),
         validators: Validators::default(),
     });
     evaluate_fetched(plan, node, cfg, fetched, now, keep_document, ctx, context)
@@ -315,14 +315,14 @@ pub fn evaluate_fetched(
     let fitted = fast
         .as_ref()
         .and_then(|(_, _, c, v)| c.identity(&bytes, v, memo.map(|m| &m.body)));
-    let mut body = fitted.unwrap_or_else(|| *blake3::hash(&bytes).as_bytes());
+    let mut body = fitted.unwrap_or_else(|| bytes.hash());
     if let Some(m) = memo
         && m.body == body
     {
         return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
     }
     if let Some((scope, file, compiled, values)) = fast
-        && (fitted.is_some() || compiled.matches_learning(&bytes, &values))
+        && (fitted.is_some() || compiled.matches_learning(&bytes.contiguous(), &values))
         && {
             // Matched by parsing: the identity the next scan finds is by the layout just learned, if any.
             if fitted.is_none()
@@ -354,7 +354,7 @@ pub fn evaluate_fetched(
         });
         return r;
     }
-    let mut live = match cfg.normalizer.normalize(&bytes) {
+    let mut live = match cfg.normalizer.normalize(&bytes.contiguous()) {
         Ok(d) => d,
         Err(e) => {
             r.findings.push(coverage(

@@ -220,27 +220,21 @@ pub(super) async fn get(
         return Err(CollectError::TooLarge { limit: max_body });
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    // Reserve what is announced (within the cap), and never grow past the cap.
-    let mut body = Vec::with_capacity(
-        resp.content_length()
-            .unwrap_or(8192)
-            .min(max_body)
-            .min(1 << 20) as usize,
-    );
+    // The chunks are kept as they came (never copied here), never more than the cap.
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
     while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-        let needed = body.len() + chunk.len();
-        if needed > limit {
+        len += chunk.len();
+        if len > limit {
             return Err(CollectError::TooLarge { limit: max_body });
         }
-        if needed > body.capacity() {
-            let want = (body.capacity() * 2).max(needed).min(limit);
-            body.reserve_exact(want - body.len());
+        if !chunk.is_empty() {
+            chunks.push(chunk);
         }
-        body.extend_from_slice(&chunk);
     }
     Ok(Response {
         fetched: Fetched::Body {
-            bytes: body,
+            bytes: super::Body::from_chunks(chunks),
             validators: got,
         },
         content_type,

@@ -133,14 +133,15 @@ fn format_name(format: Format) -> &'static str {
 /// body does not parse: then the finding names it, since an error or login page served with status 200 is the
 /// usual cause. Parsing here happens only for foreign types; a panic is the same refusal.
 fn check_content_type(
-    bytes: &[u8],
+    bytes: &Body,
     declared: Option<&str>,
     format: Format,
 ) -> Result<(), CollectError> {
     let Some(declared) = declared.filter(|d| foreign_content_type(d, format)) else {
         return Ok(());
     };
-    let parsed = std::panic::catch_unwind(|| crate::normalize::parse(format, bytes).map(drop));
+    let whole = bytes.contiguous();
+    let parsed = std::panic::catch_unwind(|| crate::normalize::parse(format, &whole).map(drop));
     let error = match parsed {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(e)) => e.to_string(),
@@ -172,14 +173,100 @@ impl Validators {
     }
 }
 
+/// Fetched content: the chunks as they arrived. An HTTP body is never copied into one buffer unless something
+/// needs it whole (a parse): a warm scan or a byte-layout match reads the chunks where they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    chunks: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl Body {
+    /// A body from chunks.
+    pub fn from_chunks(chunks: Vec<bytes::Bytes>) -> Body {
+        let len = chunks.iter().map(bytes::Bytes::len).sum();
+        Body { chunks, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn chunks(&self) -> &[bytes::Bytes] {
+        &self.chunks
+    }
+
+    /// The whole body in one slice: borrowed when it came in one chunk, else copied once.
+    pub fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.chunks.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [one] => std::borrow::Cow::Borrowed(one),
+            many => std::borrow::Cow::Owned(many.concat()),
+        }
+    }
+
+    /// The whole body as a vector.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.chunks.len() {
+            1 => self
+                .chunks
+                .into_iter()
+                .next()
+                .map(Vec::from)
+                .unwrap_or_default(),
+            _ => self.chunks.concat(),
+        }
+    }
+
+    /// blake3 of the whole body.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for c in &self.chunks {
+            h.update(c);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether the body is exactly `parts`, one after another.
+    pub fn equals_concat<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let mut chunks = self.chunks.iter();
+        let mut cur: &[u8] = &[];
+        for mut part in parts {
+            while !part.is_empty() {
+                if cur.is_empty() {
+                    match chunks.next() {
+                        Some(c) => cur = c,
+                        None => return false,
+                    }
+                    continue;
+                }
+                let n = cur.len().min(part.len());
+                if cur[..n] != part[..n] {
+                    return false;
+                }
+                cur = &cur[n..];
+                part = &part[n..];
+            }
+        }
+        cur.is_empty() && chunks.all(|c| c.is_empty())
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Body {
+        Body::from_chunks(vec![bytes::Bytes::from(v)])
+    }
+}
+
 /// A successful fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
     /// The content, with the validators the node sent along (http only).
-    Body {
-        bytes: Vec<u8>,
-        validators: Validators,
-    },
+    Body { bytes: Body, validators: Validators },
     /// `304 Not Modified` to a conditional GET: the content is the one the validators were taken from.
     NotModified { validators: Validators },
 }
@@ -237,7 +324,7 @@ impl Collector {
         node: &Node,
     ) -> Result<Vec<u8>, CollectError> {
         match self.fetch_conditional(plan, config, node, None).await? {
-            Fetched::Body { bytes, .. } => Ok(bytes),
+            Fetched::Body { bytes, .. } => Ok(bytes.into_vec()),
             Fetched::NotModified { .. } => Err(CollectError::Status {
                 code: 304,
                 reason: "Not Modified".into(),
@@ -295,9 +382,9 @@ impl Collector {
         node: &Node,
         validators: Option<&Validators>,
     ) -> Result<(Fetched, Option<String>), CollectError> {
-        let body = |bytes| {
+        let body = |bytes: Vec<u8>| {
             let fetched = Fetched::Body {
-                bytes,
+                bytes: bytes.into(),
                 validators: Validators::default(),
             };
             (fetched, None)
@@ -340,6 +427,34 @@ fn backoff(base: Duration, attempt: u32, node: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_in_chunks_compares_and_hashes_as_one() {
+        let text = b"{\"a\": [1, 2, 3], \"b\": \"xyz\"}";
+        for cut1 in 0..=text.len() {
+            for cut2 in cut1..=text.len() {
+                let body = Body::from_chunks(vec![
+                    bytes::Bytes::copy_from_slice(&text[..cut1]),
+                    bytes::Bytes::copy_from_slice(&text[cut1..cut2]),
+                    bytes::Bytes::copy_from_slice(&text[cut2..]),
+                ]);
+                assert_eq!(body.len(), text.len());
+                assert_eq!(body.hash(), *blake3::hash(text).as_bytes());
+                assert_eq!(&*body.contiguous(), &text[..]);
+                // Parts cut elsewhere than the chunks.
+                let p = (cut1 + 3).min(text.len());
+                assert!(body.equals_concat([&text[..p], &text[p..]]));
+                assert!(!body.equals_concat([&text[..p]]) || p == text.len());
+                assert!(!body.equals_concat([&text[..], b"x"]));
+                let mut other = text.to_vec();
+                other[cut2.min(text.len() - 1)] ^= 1;
+                assert!(!body.equals_concat([&other[..]]));
+                assert_eq!(body.clone().into_vec(), text.to_vec());
+            }
+        }
+        assert!(Body::default().equals_concat([&b""[..]]));
+        assert!(!Body::default().equals_concat([&b"a"[..]]));
+    }
 
     #[test]
     fn backoff_grows_with_jitter() {
@@ -401,13 +516,19 @@ mod tests {
                 "{declared} for {format:?}"
             );
         }
-        let e = check_content_type(b"<html>login</html>", Some("text/html"), Format::Json)
-            .unwrap_err()
-            .to_string();
+        let e = check_content_type(
+            &b"<html>login</html>".to_vec().into(),
+            Some("text/html"),
+            Format::Json,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.starts_with("Content-Type text/html, expected JSON: not valid json"),
             "{e}"
         );
-        assert!(check_content_type(b"{}", Some("text/html"), Format::Json).is_ok());
+        assert!(
+            check_content_type(&b"{}".to_vec().into(), Some("text/html"), Format::Json).is_ok()
+        );
     }
 }
