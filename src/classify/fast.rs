@@ -30,8 +30,7 @@ use crate::store::SlotText;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The baseline as the matcher walks it.
 #[derive(Debug)]
@@ -167,7 +166,10 @@ impl Layout {
 
     /// The identity of the body this layout gives for `quoted` (see [`Compiled::fit`]).
     fn body_id(&self, quoted: &[String]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("plumb 2026-11 body identity by byte layout");
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY
+            .get_or_init(|| blake3::derive_key("plumb 2026-11 body identity by byte layout", b""));
+        let mut h = blake3::Hasher::new_keyed(key);
         h.update(&self.id);
         for q in quoted {
             h.update(&(q.len() as u64).to_le_bytes());
@@ -566,10 +568,11 @@ fn classify_rule(rule: &Rule, redacted: &Document, templated: bool, node: &Node)
     }
 }
 
-/// Per scan: each baseline file compiled at most once, on first use.
+/// Per scan: each baseline file compiled at most once, on first use. Files are told apart by their address in the
+/// plan, which outlives the scan (a lookup per node, no path hashing).
 #[derive(Debug, Default)]
 pub struct Cache {
-    files: Mutex<HashMap<PathBuf, Option<Arc<Compiled>>>>,
+    files: std::sync::RwLock<HashMap<usize, Option<Arc<Compiled>>>>,
 }
 
 impl Cache {
@@ -582,14 +585,15 @@ impl Cache {
         config: &str,
         node: &Node,
     ) -> Option<Arc<Compiled>> {
-        if let Ok(map) = self.files.lock()
-            && let Some(c) = map.get(&file.path)
+        let key = std::ptr::from_ref(file) as usize;
+        if let Ok(map) = self.files.read()
+            && let Some(c) = map.get(&key)
         {
             return c.clone();
         }
         let compiled = Compiled::new(file, red, rules, config, node).map(Arc::new);
-        if let Ok(mut map) = self.files.lock() {
-            map.entry(file.path.clone()).or_insert(compiled).clone()
+        if let Ok(mut map) = self.files.write() {
+            map.entry(key).or_insert(compiled).clone()
         } else {
             compiled
         }
@@ -1087,7 +1091,7 @@ matches = '^https://'
         let compiled = ctx
             .fast
             .files
-            .lock()
+            .read()
             .expect("lock")
             .values()
             .flatten()
@@ -1158,7 +1162,7 @@ matches = '^https://'
             let c = ctx
                 .fast
                 .files
-                .lock()
+                .read()
                 .expect("lock")
                 .values()
                 .flatten()
