@@ -321,12 +321,12 @@ pub fn evaluate_fetched(
     {
         return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
     }
-    if let Some((scope, file, compiled, values)) = fast
-        && (fitted.is_some() || compiled.matches_learning(&bytes.contiguous(), &values))
+    if let Some((scope, file, compiled, values)) = &fast
+        && (fitted.is_some() || compiled.matches_learning(&bytes.contiguous(), values))
         && {
             // Matched by parsing: the identity the next scan finds is by the layout just learned, if any.
             if fitted.is_none()
-                && let Some(id) = compiled.fit(&bytes, &values)
+                && let Some(id) = compiled.fit(&bytes, values)
             {
                 body = id;
             }
@@ -334,8 +334,8 @@ pub fn evaluate_fetched(
         }
         && matched(
             &mut r,
-            &compiled,
-            values.values,
+            compiled,
+            values.values.clone(),
             bytes.len(),
             plan,
             node,
@@ -345,7 +345,7 @@ pub fn evaluate_fetched(
             &target,
         )
     {
-        r.baseline = Some((scope, file.path.clone()));
+        r.baseline = Some((*scope, file.path.clone()));
         r.input = context.map(|context| InputMemo {
             body,
             context,
@@ -398,14 +398,19 @@ pub fn evaluate_fetched(
             Some(crate::store::Content::Text(text))
         },
     ));
-    let mut baseline = if matches_baseline && !rules.iter().any(|r| r.reads_baseline()) {
+    let baseline = if matches_baseline && !rules.iter().any(|r| r.reads_baseline()) {
         None
+    } else if let Some((scope, file, compiled, values)) = &fast {
+        // The node's redacted baseline, from the compiled one: its values filled into a copy.
+        let values = compiled.redacted_values(values.values.clone(), ctx.redactor.as_deref());
+        Some((*scope, *file, compiled.filled(&values)))
     } else {
-        plan.baselines.for_node(&cfg.name, node)
+        let mut b = plan.baselines.for_node(&cfg.name, node);
+        if let (Some(red), Some((_, _, doc))) = (&ctx.redactor, b.as_mut()) {
+            red.redact(doc);
+        }
+        b
     };
-    if let (Some(red), Some((_, _, doc))) = (&ctx.redactor, baseline.as_mut()) {
-        red.redact(doc);
-    }
     // Rules run on the same normalized tree as the comparison, parsed once.
     let mut cel = CelCache::default();
     for rule in rules {
