@@ -243,7 +243,7 @@ pub fn prepare(
     let mut memory = store.load(&targets)?;
     opts.context = classify::Context {
         redactor: Some(Arc::new(redactor)),
-        previous: Arc::new(memory.last_hash.clone()),
+        previous: memory.last_hash.clone(),
         history: Arc::new(BaselineHistory::from_versions(&plan.root, &versions)),
         // Moved, not copied: only the scan reads the input keys.
         inputs: Arc::new(std::mem::take(&mut memory.last_input)),

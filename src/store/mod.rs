@@ -33,8 +33,8 @@ pub type Target = (String, String);
 pub struct Memory {
     /// Records of every finding of the requested targets, any state.
     pub records: HashMap<String, Record>,
-    /// The latest snapshot hash of each known target (`None`: never read).
-    pub last_hash: HashMap<Target, Option<String>>,
+    /// The latest snapshot hash of each known target (`None`: never read); shared with the scan, not copied.
+    pub last_hash: std::sync::Arc<HashMap<Target, Option<String>>>,
     /// Acknowledgements in force.
     pub acks: HashMap<String, Ack>,
     /// The notification log, by (route, sink, fingerprint).

@@ -418,15 +418,17 @@ impl Store for SqliteStore {
                     ))
                 })
                 .map_err(|e| err(&self.path, e))?;
+            let mut last_hash = std::collections::HashMap::with_capacity(wanted.len());
             for row in rows {
                 let (t, h, input) = row.map_err(|e| err(&self.path, e))?;
                 if wanted.contains(&t) {
                     if let Some(i) = input {
                         mem.last_input.insert(t.clone(), i);
                     }
-                    mem.last_hash.insert(t, h);
+                    last_hash.insert(t, h);
                 }
             }
+            mem.last_hash = std::sync::Arc::new(last_hash);
         }
         {
             let mut st = self
