@@ -13,6 +13,10 @@
 //!   tree comparison that is for humans: both canonical texts and their unified diff.
 //! - `rules/20/<size>`: the 20-rule pack of `plumb bench` (ten assertion kinds) evaluated on a parsed gateway
 //!   config, as a scan does (rules never re-parse). Throughput counts the document's compact JSON bytes.
+//! - `fast/<case>/<size>`: the matching fast path (`classify::fast`) on a gateway config equal to its templated
+//!   baseline (`${node.name}` in two places): `match-parse` compares the body with the compiled baseline while
+//!   serde_json reads it (no tree), `match-layout` compares its bytes with a learned layout and gives the body's
+//!   identity, `blake3` hashes the body for reference (what a body without a layout costs for its identity).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use plumb::compare::{self, CompareOptions};
@@ -295,6 +299,60 @@ fn rules(c: &mut Criterion) {
     g.finish();
 }
 
+fn fast(c: &mut Criterion) {
+    use plumb::baseline::BaselineFile;
+    use plumb::classify::fast::Compiled;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(dir.path().join("pack.toml"), rule_pack()).expect("the rule file");
+    let set = rules::load_dir(dir.path(), &[("app".into(), true)]).expect("the rule pack loads");
+    let node = Node {
+        name: "node-000042".into(),
+        labels: Default::default(),
+        vars: Default::default(),
+    };
+    let mut g = c.benchmark_group("fast");
+    for (label, size) in SIZES {
+        let n = fit(size, |n| compact(n, false).len());
+        let body = compact(n, false);
+        let mut template = gateway(n, false);
+        template["node"]["name"] = json!("${node.name}");
+        template["node"]["hostname"] = json!("${node.name}.fleet.example.net");
+        let Document::Tree(doc) = parsed(Format::Json, template.to_string().as_bytes()) else {
+            unreachable!("json is a tree")
+        };
+        let file = BaselineFile {
+            path: dir.path().join("default.json"),
+            format: Format::Json,
+            doc: Document::Tree(doc),
+            templated: true,
+            placeholders: vec![
+                "${node.name}".into(),
+                "${node.name}.fleet.example.net".into(),
+            ],
+        };
+        let compiled = Compiled::new(&file, None, &set, "app", &node).expect("compiles");
+        let values = compiled.prepare(&node).expect("the node fills its slots");
+        assert!(compiled.matches(&body, &values.values), "the body matches");
+        assert!(
+            compiled.matches_learning(&body, &values),
+            "and its layout is learned"
+        );
+        let chunks = plumb::collect::Body::from(body.clone());
+        assert!(compiled.fit(&chunks, &values).is_some(), "the layout fits");
+        g.throughput(Throughput::BytesDecimal(body.len() as u64));
+        g.bench_function(BenchmarkId::new("match-parse", label), |b| {
+            b.iter(|| compiled.matches(black_box(&body), &values.values))
+        });
+        g.bench_function(BenchmarkId::new("match-layout", label), |b| {
+            b.iter(|| compiled.fit(black_box(&chunks), &values))
+        });
+        g.bench_function(BenchmarkId::new("blake3", label), |b| {
+            b.iter(|| blake3::hash(black_box(&body)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = core;
     // Short runs: the whole bench in about a minute and a half on 2 cores; compare ratios within one run.
@@ -302,6 +360,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_millis(1000));
-    targets = normalize, compare, rules
+    targets = normalize, compare, rules, fast
 }
 criterion_main!(core);
