@@ -904,6 +904,27 @@ matches = '^https://'
         matches!(fast.snapshot, Some((_, Some(Content::Filled { .. }))))
     }
 
+    /// The ids of the rules that did not pass for node `n` on `body`, sorted, and the result.
+    fn failed_rules(
+        plan: &Plan,
+        ctx: &Context,
+        n: usize,
+        body: String,
+    ) -> (Vec<String>, TargetResult) {
+        let r = evaluate(
+            plan,
+            &plan.nodes[n],
+            &plan.configs[0],
+            Ok(body.into_bytes()),
+            "t",
+            false,
+            ctx,
+        );
+        let mut ids: Vec<String> = r.findings.iter().filter_map(|f| f.rule.clone()).collect();
+        ids.sort();
+        (ids, r)
+    }
+
     fn n1_body() -> String {
         r#"{"on": true, "none": null, "empty": {}, "note": "line one\nline two",
             "routes": [{"timeout_ms": 100, "path": "/"}, {"path": "/api", "timeout_ms": 40000}],
@@ -974,18 +995,7 @@ matches = '^https://'
         // `timeouts` fails on the baseline itself: each node gets its own message; `small` reads the body's size.
         let (_d, plan) = project(BASELINE, RULES);
         let ctx = context(&plan);
-        let body = n1_body();
-        let r = evaluate(
-            &plan,
-            &plan.nodes[0],
-            &plan.configs[0],
-            Ok(body.into_bytes()),
-            "t",
-            false,
-            &ctx,
-        );
-        let mut ids: Vec<_> = r.findings.iter().filter_map(|f| f.rule.clone()).collect();
-        ids.sort();
+        let (ids, r) = failed_rules(&plan, &ctx, 0, n1_body());
         assert_eq!(ids, ["small", "timeouts"]);
         assert!(
             r.findings
@@ -1011,17 +1021,7 @@ matches = '^https://'
                     .replace("\"n1\"", "\"n2\"")
             };
             assert!(both(&plan, &ctx, n, &body));
-            let r = evaluate(
-                &plan,
-                &plan.nodes[n],
-                &plan.configs[0],
-                Ok(body.into_bytes()),
-                "t",
-                false,
-                &ctx,
-            );
-            let mut ids: Vec<_> = r.findings.iter().filter_map(|f| f.rule.clone()).collect();
-            ids.sort();
+            let (ids, _) = failed_rules(&plan, &ctx, n, body);
             // The token is redacted before rules run, so `tags` fails on both nodes.
             let want: &[&str] = if n == 0 {
                 &["cel-name", "name-form", "small", "tags", "timeouts"]

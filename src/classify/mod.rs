@@ -282,16 +282,7 @@ pub fn evaluate_fetched(
     };
     let bytes = match bytes {
         Ok(b) => b,
-        Err(reason) => {
-            r.findings.push(coverage(
-                Kind::Unreachable,
-                node,
-                cfg,
-                format!("{}/{}: unreachable: {reason}", node.name, cfg.name),
-                now,
-            ));
-            return r;
-        }
+        Err(reason) => return only(r, Kind::Unreachable, node, cfg, &reason, now),
     };
     let resolved = plan
         .baselines
@@ -356,16 +347,7 @@ pub fn evaluate_fetched(
     }
     let mut live = match cfg.normalizer.normalize(&bytes.contiguous()) {
         Ok(d) => d,
-        Err(e) => {
-            r.findings.push(coverage(
-                Kind::Invalid,
-                node,
-                cfg,
-                format!("{}/{}: invalid: {e}", node.name, cfg.name),
-                now,
-            ));
-            return r;
-        }
+        Err(e) => return only(r, Kind::Invalid, node, cfg, &e.to_string(), now),
     };
     r.read = true;
     let raw_len = bytes.len();
@@ -484,6 +466,20 @@ pub fn evaluate_fetched(
         validators,
         unified: r.unified.clone(),
     });
+    r
+}
+
+/// `r` with only its coverage finding (`unreachable: …`, `invalid: …`): nothing about the content is guessed.
+fn only(
+    mut r: TargetResult,
+    kind: Kind,
+    node: &Node,
+    cfg: &ConfigPlan,
+    reason: &str,
+    now: &str,
+) -> TargetResult {
+    let message = format!("{}/{}: {}: {reason}", node.name, cfg.name, kind.as_str());
+    r.findings.push(coverage(kind, node, cfg, message, now));
     r
 }
 
