@@ -925,6 +925,17 @@ matches = '^https://'
         (ids, r)
     }
 
+    /// The one baseline compiled in `ctx`'s scan.
+    fn the_compiled(ctx: &Context) -> Arc<super::Compiled> {
+        let files = ctx.fast.files.read().expect("lock");
+        files
+            .values()
+            .flatten()
+            .next()
+            .cloned()
+            .expect("compiled once")
+    }
+
     fn n1_body() -> String {
         r#"{"on": true, "none": null, "empty": {}, "note": "line one\nline two",
             "routes": [{"timeout_ms": 100, "path": "/"}, {"path": "/api", "timeout_ms": 40000}],
@@ -1088,16 +1099,7 @@ matches = '^https://'
             0,
             r#"{"a": "n1", "b": ["n1", "x-abc123"], "c": 1}"#
         ));
-        let compiled = ctx
-            .fast
-            .files
-            .read()
-            .expect("lock")
-            .values()
-            .flatten()
-            .next()
-            .cloned();
-        let compiled = compiled.expect("compiled once");
+        let compiled = the_compiled(&ctx);
         assert_eq!(
             compiled.layouts.read().expect("lock").len(),
             1,
@@ -1159,16 +1161,7 @@ matches = '^https://'
             .map(|r| r.input.clone().expect("a key"))
             .collect();
         assert_eq!(memos[0].body, {
-            let c = ctx
-                .fast
-                .files
-                .read()
-                .expect("lock")
-                .values()
-                .flatten()
-                .next()
-                .cloned()
-                .expect("compiled");
+            let c = the_compiled(&ctx);
             c.fit(
                 &crate::collect::Body::from(bodies[0].clone().into_bytes()),
                 &c.prepare(&plan.nodes[0]).expect("values"),

@@ -47,6 +47,26 @@ pub struct TargetResult {
     pub input: Option<InputMemo>,
 }
 
+impl TargetResult {
+    /// A result that says nothing yet about `node`'s `cfg`.
+    pub fn nothing(node: &Node, cfg: &ConfigPlan) -> TargetResult {
+        TargetResult {
+            node: node.name.clone(),
+            config: cfg.name.clone(),
+            read: false,
+            findings: Vec::new(),
+            unified: String::new(),
+            document: None,
+            baseline: None,
+            snapshot: None,
+            fetch_seconds: 0.0,
+            unchanged: false,
+            spooled: false,
+            input: None,
+        }
+    }
+}
+
 /// What produced a target's last findings: the key of a warm scan. When a target's next fetch gives the same
 /// body hash under the same context hash, its findings cannot differ, and the scan reuses them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,20 +269,7 @@ pub fn evaluate_fetched(
     ctx: &Context,
     context: Option<[u8; 32]>,
 ) -> TargetResult {
-    let mut r = TargetResult {
-        node: node.name.clone(),
-        config: cfg.name.clone(),
-        read: false,
-        findings: Vec::new(),
-        unified: String::new(),
-        document: None,
-        baseline: None,
-        snapshot: None,
-        fetch_seconds: 0.0,
-        unchanged: false,
-        spooled: false,
-        input: None,
-    };
+    let mut r = TargetResult::nothing(node, cfg);
     let target = (node.name.clone(), cfg.name.clone());
     let memo = reusable(ctx, &target, context, keep_document);
     let (bytes, validators) = match fetched {
@@ -704,29 +711,14 @@ fn regressed_to(
 
 /// The result for a target whose evaluation panicked: an `invalid` finding, the scan goes on.
 pub fn crashed(node: &Node, cfg: &ConfigPlan, now: &str) -> TargetResult {
-    TargetResult {
-        node: node.name.clone(),
-        config: cfg.name.clone(),
-        read: false,
-        findings: vec![coverage(
-            Kind::Invalid,
-            node,
-            cfg,
-            format!(
-                "{}/{}: invalid: plumb could not process this content (internal error)",
-                node.name, cfg.name
-            ),
-            now,
-        )],
-        unified: String::new(),
-        document: None,
-        baseline: None,
-        snapshot: None,
-        fetch_seconds: 0.0,
-        unchanged: false,
-        spooled: false,
-        input: None,
-    }
+    only(
+        TargetResult::nothing(node, cfg),
+        Kind::Invalid,
+        node,
+        cfg,
+        "plumb could not process this content (internal error)",
+        now,
+    )
 }
 
 fn coverage(kind: Kind, node: &Node, cfg: &ConfigPlan, message: String, now: &str) -> Finding {
