@@ -549,7 +549,9 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
         before_scans as f64 / 1e6
     ));
     let mut store = SqliteStore::open(&plan.store_path).map_err(|e| e.to_string())?;
-    let cold = recorded(&plan, &mut store).await?;
+    // Built once, before the clocks, as the raw sweep builds its client before its own.
+    let collector = Arc::new(Collector::new(&plan).map_err(|e| e.to_string())?);
+    let cold = recorded(&plan, &collector, &mut store).await?;
     say(&format!(
         "{}; peak RSS so far {:.1} MB",
         cold.line("cold scan:", n),
@@ -557,7 +559,7 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     ));
     let mut warms = Vec::new();
     for _ in 0..opts.rounds.max(1) {
-        let warm = recorded(&plan, &mut store).await?;
+        let warm = recorded(&plan, &collector, &mut store).await?;
         say(&warm.line("warm scan:", n));
         if warm.findings != cold.findings || warm.unchanged != n {
             return Err(format!(
@@ -644,14 +646,17 @@ impl Recorded {
     }
 }
 
-async fn recorded(plan: &Arc<Plan>, store: &mut SqliteStore) -> Result<Recorded, String> {
+async fn recorded(
+    plan: &Arc<Plan>,
+    collector: &Arc<Collector>,
+    store: &mut SqliteStore,
+) -> Result<Recorded, String> {
     let t = Instant::now();
     let mut opts = ScanOptions::default();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let memory = scan::prepare(plan, store, &mut opts, &now).map_err(|e| e.to_string())?;
     let prepare = t.elapsed();
-    let collector = Arc::new(Collector::new(plan).map_err(|e| e.to_string())?);
-    let mut out = scan::run(plan.clone(), collector, opts)
+    let mut out = scan::run(plan.clone(), collector.clone(), opts)
         .await
         .map_err(|e| e.to_string())?;
     let run = t.elapsed() - prepare;

@@ -390,25 +390,25 @@ impl Store for SqliteStore {
                      FROM targets",
                 )
                 .map_err(|e| err(&self.path, e))?;
+            // A 32-byte blob read in place (no vector per row); anything else is no key.
+            let key32 = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<Option<[u8; 32]>> {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Blob(b) => <[u8; 32]>::try_from(b).ok(),
+                    _ => None,
+                })
+            };
             let rows = st
                 .query_map([], |r| {
-                    let body = r.get::<_, Option<Vec<u8>>>(3)?;
-                    let context = r.get::<_, Option<Vec<u8>>>(4)?;
-                    let input = match (body, context) {
-                        (Some(b), Some(c)) => {
-                            match (<[u8; 32]>::try_from(b), <[u8; 32]>::try_from(c)) {
-                                (Ok(body), Ok(context)) => Some(crate::classify::InputMemo {
-                                    body,
-                                    context,
-                                    validators: crate::collect::Validators {
-                                        etag: r.get(5)?,
-                                        last_modified: r.get(6)?,
-                                    },
-                                    unified: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                                }),
-                                _ => None,
-                            }
-                        }
+                    let input = match (key32(r, 3)?, key32(r, 4)?) {
+                        (Some(body), Some(context)) => Some(crate::classify::InputMemo {
+                            body,
+                            context,
+                            validators: crate::collect::Validators {
+                                etag: r.get(5)?,
+                                last_modified: r.get(6)?,
+                            },
+                            unified: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                        }),
                         _ => None,
                     };
                     Ok((
@@ -419,6 +419,7 @@ impl Store for SqliteStore {
                 })
                 .map_err(|e| err(&self.path, e))?;
             let mut last_hash = std::collections::HashMap::with_capacity(wanted.len());
+            mem.last_input.reserve(wanted.len());
             for row in rows {
                 let (t, h, input) = row.map_err(|e| err(&self.path, e))?;
                 if wanted.contains(&t) {
