@@ -114,16 +114,22 @@ impl Layout {
         }
     }
 
-    /// Whether `body` is this layout with `quoted` (each slot's value as JSON) in the gaps.
-    fn fits(&self, body: &Body, quoted: &[String]) -> bool {
+    /// The bytes this layout gives for `quoted` (each slot's value as JSON), one part after another; `None` when a
+    /// gap names a slot `quoted` does not have.
+    fn parts<'a>(&'a self, quoted: &'a [String]) -> Option<impl Iterator<Item = &'a [u8]>> {
         if self.gaps.iter().any(|&g| g >= quoted.len()) {
-            return false;
+            return None;
         }
-        let parts = self.pieces.iter().enumerate().flat_map(|(i, piece)| {
+        Some(self.pieces.iter().enumerate().flat_map(|(i, piece)| {
             let gap = self.gaps.get(i).map(|&g| quoted[g].as_bytes());
             std::iter::once(&piece[..]).chain(gap)
-        });
-        body.equals_concat(parts)
+        }))
+    }
+
+    /// Whether `body` is this layout with `quoted` in the gaps.
+    fn fits(&self, body: &Body, quoted: &[String]) -> bool {
+        self.parts(quoted)
+            .is_some_and(|parts| body.equals_concat(parts))
     }
 
     /// The layout of `body`, which matched with `quoted` slot values: each slot token found by its JSON text.
@@ -178,16 +184,11 @@ impl Layout {
         *h.finalize().as_bytes()
     }
 
-    /// The body this layout gives for `quoted`.
+    /// The body this layout gives for `quoted` (empty when they do not fit its gaps).
     fn render(&self, quoted: &[String]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, piece) in self.pieces.iter().enumerate() {
-            out.extend_from_slice(piece);
-            if let Some(q) = self.gaps.get(i).and_then(|&s| quoted.get(s)) {
-                out.extend_from_slice(q.as_bytes());
-            }
-        }
-        out
+        self.parts(quoted)
+            .map(|parts| parts.collect::<Vec<_>>().concat())
+            .unwrap_or_default()
     }
 }
 
@@ -451,7 +452,7 @@ impl Compiled {
     }
 
     /// The node's value of every slot, substituted; `None` when a placeholder cannot be filled.
-    pub fn values(&self, node: &Node) -> Option<Vec<String>> {
+    fn values(&self, node: &Node) -> Option<Vec<String>> {
         self.slots
             .iter()
             .map(|s| substitute(s, node).ok().map(|c| c.into_owned()))

@@ -91,37 +91,41 @@ impl SlotText {
     /// blake3 of the whole text with `slots` filled in (as of [`SlotText::fill`], without building it); `None` when
     /// their number is not the number of slots.
     pub fn hash_filled(&self, slots: &[impl AsRef<str>]) -> Option<blake3::Hash> {
-        if slots.len() + 1 != self.segments.len() {
-            return None;
-        }
         let mut h = blake3::Hasher::new();
-        for (seg, slot) in self.segments.iter().zip(slots) {
-            h.update(seg.as_bytes());
-            h.update(slot.as_ref().as_bytes());
-        }
-        if let Some(last) = self.segments.last() {
-            h.update(last.as_bytes());
+        for part in interleave(&self.segments, slots)? {
+            h.update(part.as_bytes());
         }
         Some(h.finalize())
     }
 
     /// The whole text with `slots` filled in; `None` when their number is not the number of slots.
     pub fn fill(&self, slots: &[impl AsRef<str>]) -> Option<String> {
-        if slots.len() + 1 != self.segments.len() {
-            return None;
-        }
-        let len = self.segments.iter().map(String::len).sum::<usize>()
-            + slots.iter().map(|s| s.as_ref().len()).sum::<usize>();
-        let mut out = String::with_capacity(len);
-        for (seg, slot) in self.segments.iter().zip(slots) {
-            out.push_str(seg);
-            out.push_str(slot.as_ref());
-        }
-        if let Some(last) = self.segments.last() {
-            out.push_str(last);
-        }
-        Some(out)
+        fill(&self.segments, slots)
     }
+}
+
+/// `segments[0] slots[0] segments[1] … segments[n]`, one part after another; `None` unless there is one segment
+/// more than slots.
+fn interleave<'a, S: AsRef<str>>(
+    segments: &'a [String],
+    slots: &'a [S],
+) -> Option<impl Iterator<Item = &'a str> + Clone> {
+    if slots.len() + 1 != segments.len() {
+        return None;
+    }
+    let filled = segments
+        .iter()
+        .zip(slots)
+        .flat_map(|(seg, slot)| [seg.as_str(), slot.as_ref()]);
+    Some(filled.chain(segments.last().map(String::as_str)))
+}
+
+/// `segments` with `slots` filled in, as one text (see [`SlotText`]).
+pub(crate) fn fill(segments: &[String], slots: &[impl AsRef<str>]) -> Option<String> {
+    let parts = interleave(segments, slots)?;
+    let mut out = String::with_capacity(parts.clone().map(str::len).sum());
+    out.extend(parts);
+    Some(out)
 }
 
 impl Content {

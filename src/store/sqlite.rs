@@ -109,12 +109,8 @@ fn stored_text(content: String, segments: Option<String>) -> Result<String, Stri
         .map_err(|e| format!("a snapshot template does not parse: {e}"))?;
     let slots: Vec<String> = serde_json::from_str(&content)
         .map_err(|e| format!("a snapshot's values do not parse: {e}"))?;
-    super::SlotText {
-        hash: String::new(),
-        segments,
-    }
-    .fill(&slots)
-    .ok_or_else(|| "a snapshot's values do not fit its template".to_string())
+    super::fill(&segments, &slots)
+        .ok_or_else(|| "a snapshot's values do not fit its template".to_string())
 }
 
 /// The SQLite store.
