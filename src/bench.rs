@@ -69,6 +69,14 @@ pub struct BenchResult {
     pub peak_rss_bytes: u64,
     /// `VmRSS` after the simulator started and the plan loaded, before the first scan (same process).
     pub rss_before_scans_bytes: u64,
+    /// plumb's own CPU time (user + system, 10 ms ticks), medians: a raw sweep after a warm scan, a warm scan.
+    pub raw_cpu_ms: u64,
+    pub warm_cpu_ms: u64,
+}
+
+fn median_u64(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 /// A directory removed when dropped.
@@ -247,6 +255,61 @@ pub fn peak_rss_bytes() -> u64 {
 /// Resident set size of this process now (`VmRSS`), in bytes.
 pub fn rss_bytes() -> u64 {
     status_bytes("self", "VmRSS:")
+}
+
+/// CPU time (user + system, every thread, living or ended) a process has used, in clock ticks of 10 ms (Linux's
+/// `USER_HZ`): fields 14 and 15 of `/proc/<pid>/stat`. 0 when it cannot be read.
+fn cpu_ticks(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces; the fields after it follow its closing parenthesis.
+            let rest = s.get(s.rfind(')')? + 1..)?;
+            let mut f = rest.split_whitespace().skip(11);
+            let user = f.next()?.parse::<u64>().ok()?;
+            let system = f.next()?.parse::<u64>().ok()?;
+            Some(user + system)
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time used by this process and by the simulator child (if any) over some stretch, in ms.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    own_ms: u64,
+    sim_ms: u64,
+}
+
+/// Reads the two processes' CPU clocks.
+struct CpuMeter {
+    sim_pid: Option<String>,
+}
+
+impl CpuMeter {
+    fn now(&self) -> Cpu {
+        Cpu {
+            own_ms: cpu_ticks("self") * 10,
+            sim_ms: self.sim_pid.as_deref().map_or(0, cpu_ticks) * 10,
+        }
+    }
+
+    fn since(&self, start: Cpu) -> Cpu {
+        let end = self.now();
+        Cpu {
+            own_ms: end.own_ms.saturating_sub(start.own_ms),
+            sim_ms: end.sim_ms.saturating_sub(start.sim_ms),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU: plumb {} ms, simulator {} ms",
+            self.own_ms, self.sim_ms
+        )
+    }
 }
 
 /// A started fleet.
@@ -532,16 +595,20 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
 
     // (a) The raw sweep, first before the scans, then alternating with the warm scans; (b) the cold scan on an
     // empty store on disk; (c) warm scans of the unchanged fleet. Ratios use the medians.
-    let raw_line = |d: (Duration, usize)| {
+    let meter = CpuMeter {
+        sim_pid: child.as_ref().map(|c| c.pid.to_string()),
+    };
+    let raw_line = |d: (Duration, usize), cpu: Cpu| {
         format!(
-            "raw sweep:  {:>9.1} ms  {:>9.0} nodes/s  ({} failed)",
+            "raw sweep:  {:>9.1} ms  {:>9.0} nodes/s  ({} failed; {cpu})",
             d.0.as_secs_f64() * 1e3,
             n as f64 / d.0.as_secs_f64(),
             d.1
         )
     };
+    let c = meter.now();
     let mut raws = vec![raw_sweep(&plan).await?];
-    say(&raw_line(raws[0]));
+    say(&raw_line(raws[0], meter.since(c)));
     // What the simulator, the plan and the runtime hold before any scan: the scanner's own share is the rest.
     let before_scans = rss_bytes();
     say(&format!(
@@ -551,16 +618,24 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     let mut store = SqliteStore::open(&plan.store_path).map_err(|e| e.to_string())?;
     // Built once, before the clocks, as the raw sweep builds its client before its own.
     let collector = Arc::new(Collector::new(&plan).map_err(|e| e.to_string())?);
+    let c = meter.now();
     let cold = recorded(&plan, &collector, &mut store).await?;
     say(&format!(
-        "{}; peak RSS so far {:.1} MB",
+        "{}; {}; peak RSS so far {:.1} MB",
         cold.line("cold scan:", n),
+        meter.since(c),
         peak_rss_bytes() as f64 / 1e6
     ));
     let mut warms = Vec::new();
+    // The scanner's CPU time in each warm scan and each raw sweep after one (ms): steadier than wall time on a
+    // busy machine, since with the simulator on the same cores every CPU millisecond plumb spends is one the
+    // fleet cannot.
+    let (mut warm_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds.max(1) {
+        let c = meter.now();
         let warm = recorded(&plan, &collector, &mut store).await?;
-        say(&warm.line("warm scan:", n));
+        let cpu = meter.since(c);
+        say(&format!("{}; {cpu}", warm.line("warm scan:", n)));
         if warm.findings != cold.findings || warm.unchanged != n {
             return Err(format!(
                 "the warm scan reported {} findings and {} unchanged targets; the cold one {} findings",
@@ -568,9 +643,13 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
             ));
         }
         warms.push(warm.total);
+        warm_cpu.push(cpu.own_ms);
+        let c = meter.now();
         let raw = raw_sweep(&plan).await?;
-        say(&raw_line(raw));
+        let cpu = meter.since(c);
+        say(&raw_line(raw, cpu));
         raws.push(raw);
+        raw_cpu.push(cpu.own_ms);
     }
     if let Some(child) = child {
         let sim_peak = child.peak_rss_bytes();
@@ -605,6 +684,8 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
         warm_ratio: round(raw.as_secs_f64() / warm.as_secs_f64(), 3),
         peak_rss_bytes: peak_rss_bytes(),
         rss_before_scans_bytes: before_scans,
+        raw_cpu_ms: median_u64(raw_cpu),
+        warm_cpu_ms: median_u64(warm_cpu),
     };
     say(&format!(
         "medians: raw {:.1} ms, warm {:.1} ms; cold / raw rate: {:.3}   warm / raw rate: {:.3}   peak RSS: {:.1} MB",
@@ -613,6 +694,10 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
         result.cold_ratio,
         result.warm_ratio,
         result.peak_rss_bytes as f64 / 1e6
+    ));
+    say(&format!(
+        "plumb's CPU, medians: raw sweep {} ms, warm scan {} ms",
+        result.raw_cpu_ms, result.warm_cpu_ms
     ));
     Ok(result)
 }
