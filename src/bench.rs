@@ -277,7 +277,8 @@ fn cpu_ticks(pid: &str) -> u64 {
 #[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
     own_ms: u64,
-    sim_ms: u64,
+    /// `None`: the simulator runs in this process, and `own_ms` includes it.
+    sim_ms: Option<u64>,
 }
 
 /// Reads the two processes' CPU clocks.
@@ -289,7 +290,7 @@ impl CpuMeter {
     fn now(&self) -> Cpu {
         Cpu {
             own_ms: cpu_ticks("self") * 10,
-            sim_ms: self.sim_pid.as_deref().map_or(0, cpu_ticks) * 10,
+            sim_ms: self.sim_pid.as_deref().map(|p| cpu_ticks(p) * 10),
         }
     }
 
@@ -297,18 +298,20 @@ impl CpuMeter {
         let end = self.now();
         Cpu {
             own_ms: end.own_ms.saturating_sub(start.own_ms),
-            sim_ms: end.sim_ms.saturating_sub(start.sim_ms),
+            sim_ms: end
+                .sim_ms
+                .zip(start.sim_ms)
+                .map(|(e, s)| e.saturating_sub(s)),
         }
     }
 }
 
 impl std::fmt::Display for Cpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "CPU: plumb {} ms, simulator {} ms",
-            self.own_ms, self.sim_ms
-        )
+        match self.sim_ms {
+            Some(sim) => write!(f, "CPU: plumb {} ms, simulator {sim} ms", self.own_ms),
+            None => write!(f, "CPU: plumb and simulator {} ms", self.own_ms),
+        }
     }
 }
 
@@ -864,7 +867,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("40 targets unchanged"), "{text}");
-        assert!(text.contains("(0 failed)"), "{text}");
+        assert!(
+            text.contains("(0 failed; CPU: plumb and simulator"),
+            "{text}"
+        );
         assert!(r.peak_rss_bytes > 0);
     }
 }

@@ -140,25 +140,21 @@ pub async fn run(
         set.spawn(async move {
             let node = &plan.nodes[ni];
             let cfg = &plan.configs[ci];
-            // The context half of the input key; with a stored key for it, the fetch is conditional.
-            let context = ctx
-                .digests
-                .as_ref()
-                .and_then(|d| d.context(&plan, cfg, node));
-            let target = (node.name.clone(), cfg.name.clone());
-            let validators = classify::reusable(&ctx, &target, context, keep)
-                .map(|m| &m.validators)
-                .filter(|v| !v.is_empty());
+            // What is known before the fetch: with a stored input key, the fetch is conditional; with byte layouts
+            // learned, the body is compared as it arrives.
+            let known = classify::Known::new(&plan, node, cfg, keep, &ctx);
+            let mut expect = known.expect();
             let t0 = std::time::Instant::now();
             let fetched = collector
-                .fetch_conditional(&plan, cfg, node, validators)
+                .fetch_expecting(&plan, cfg, node, known.validators(), expect.as_mut())
                 .await
                 .map_err(|e| e.to_string());
+            drop(expect);
             let fetch_seconds = t0.elapsed().as_secs_f64();
             drop(permit);
             // A panic in a parser must not sink the scan: it becomes an `invalid` finding for this target alone.
             let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                classify::evaluate_fetched(&plan, node, cfg, fetched, &now, keep, &ctx, context)
+                classify::evaluate_fetched(&plan, node, cfg, fetched, &now, keep, &ctx, known)
             }))
             .unwrap_or_else(|_| classify::crashed(node, cfg, &now));
             r.fetch_seconds = fetch_seconds;

@@ -90,6 +90,44 @@ struct Layout {
     id: [u8; 32],
 }
 
+/// The byte layouts a baseline had learned when a fetch began: filled with a node's values, the bodies that fetch
+/// expects ([`crate::collect::Expect`]); a body that is one of them matches, and its identity is that layout's.
+#[derive(Debug, Default)]
+pub struct Expected {
+    layouts: Vec<Arc<Layout>>,
+}
+
+impl Expected {
+    /// What a fetch for `node` expects; `None` when no layout is known yet.
+    pub fn expect<'a>(&'a self, node: &'a NodeValues) -> Option<crate::collect::Expect<'a>> {
+        let candidates: Vec<Vec<&[u8]>> = self
+            .layouts
+            .iter()
+            .filter_map(|l| l.parts(&node.quoted).map(Iterator::collect))
+            .collect();
+        (!candidates.is_empty()).then(|| crate::collect::Expect::new(candidates))
+    }
+
+    /// The layout behind candidate `i` of [`Expected::expect`] (candidates skip layouts the values do not fit).
+    fn layout(&self, i: usize, node: &NodeValues) -> Option<&Layout> {
+        self.layouts
+            .iter()
+            .filter(|l| l.parts(&node.quoted).is_some())
+            .nth(i)
+            .map(|l| &**l)
+    }
+
+    /// The identity of the body that was candidate `i` (as [`Compiled::fit`] gives it).
+    pub fn identity(&self, i: usize, node: &NodeValues) -> Option<[u8; 32]> {
+        self.layout(i, node).map(|l| l.body_id(&node.quoted))
+    }
+
+    /// The body that was candidate `i`, byte for byte.
+    pub fn render(&self, i: usize, node: &NodeValues) -> Option<Vec<u8>> {
+        self.layout(i, node).map(|l| l.render(&node.quoted))
+    }
+}
+
 /// A node's slot values: as substituted, and as JSON text.
 #[derive(Debug)]
 pub struct NodeValues {
@@ -375,20 +413,11 @@ impl Compiled {
         Some(layout.body_id(&node.quoted))
     }
 
-    /// The body's identity as [`Compiled::fit`] gives it, also before this scan has learned a layout: when the
-    /// last scan's identity (`last`) is that of a layout learned from this very body (without parsing), the body is
-    /// byte for byte the one the last scan checked against that layout, so the layout is as sound as it was then
-    /// and is kept for the nodes after.
-    pub fn identity(
-        &self,
-        bytes: &Body,
-        node: &NodeValues,
-        last: Option<&[u8; 32]>,
-    ) -> Option<[u8; 32]> {
-        if let Some(id) = self.fit(bytes, node) {
-            return Some(id);
-        }
-        let last = last?;
+    /// The body's identity as [`Compiled::fit`] gives it, for a body no layout of this scan fits yet: when the last
+    /// scan's identity (`last`) is that of a layout learned from this very body (without parsing), the body is byte
+    /// for byte the one the last scan checked against that layout, so the layout is as sound as it was then and is
+    /// kept for the nodes after. `None` otherwise (the body has changed, or was never known by a layout).
+    pub fn relearn(&self, bytes: &Body, node: &NodeValues, last: &[u8; 32]) -> Option<[u8; 32]> {
         let layout = Layout::learn(&bytes.contiguous(), &self.slots, &node.quoted)?;
         let id = layout.body_id(&node.quoted);
         if id != *last {
@@ -401,6 +430,13 @@ impl Compiled {
             l.push(Arc::new(layout));
         }
         Some(id)
+    }
+
+    /// The layouts learned so far, for a fetch to expect (see [`Expected`]).
+    pub fn expected(&self) -> Expected {
+        Expected {
+            layouts: self.layouts.read().map(|l| l.clone()).unwrap_or_default(),
+        }
     }
 
     /// Whether `bytes` matches (see [`Compiled::matches`]) with the node's values, by parsing; a matching body's
@@ -1210,6 +1246,110 @@ matches = '^https://'
             &warm_ctx,
         );
         assert!(!r.unchanged && r.findings.iter().any(|f| f.path == "$.port"));
+    }
+
+    /// Fetch `body` for node `n` as the scan does: expecting what [`crate::classify::Known`] expects, the body
+    /// arriving in chunks of 7 bytes.
+    fn fetched_expecting(plan: &Plan, ctx: &Context, n: usize, body: &str) -> TargetResult {
+        let (node, cfg) = (&plan.nodes[n], &plan.configs[0]);
+        let known = crate::classify::Known::new(plan, node, cfg, false, ctx);
+        let mut expect = known.expect();
+        let mut r = crate::collect::Receiving::new(expect.as_mut());
+        for c in body.as_bytes().chunks(7) {
+            r.push(bytes::Bytes::copy_from_slice(c));
+        }
+        let fetched = r.finish(Default::default());
+        drop(expect);
+        let expected = matches!(fetched, crate::collect::Fetched::AsExpected { .. });
+        let mut out =
+            crate::classify::evaluate_fetched(plan, node, cfg, Ok(fetched), "t", false, ctx, known);
+        // Marks which way it went, for the caller (`fetch_seconds` is the scan's to set).
+        out.fetch_seconds = if expected { 1.0 } else { 0.0 };
+        out
+    }
+
+    #[test]
+    fn a_body_compared_as_it_arrives_gives_what_the_full_path_gives() {
+        let (_d, plan) = project(BASELINE, RULES);
+        let versions = plan.baselines.versions(&plan.root, None);
+        let mut ctx = context(&plan);
+        ctx.digests = Some(Arc::new(crate::classify::InputDigests::new(
+            &plan, &versions,
+        )));
+        let cfg = &plan.configs[0];
+        let n2_body = n1_body()
+            .replace("10.0.0.1", "10.0.0.2")
+            .replace("tok-abc123", "tok-zz9")
+            .replace("\"n1\"", "\"n2\"");
+        // Nothing learned yet: nothing expected, the body parsed (and its layout learned).
+        let first = fetched_expecting(&plan, &ctx, 0, &n1_body());
+        assert_eq!(first.fetch_seconds, 0.0);
+        // Then n2's body is expected, and its results are the full path's, its identity the layout's.
+        let r = fetched_expecting(&plan, &ctx, 1, &n2_body);
+        assert_eq!(r.fetch_seconds, 1.0, "n2 was expected");
+        let full = evaluate(
+            &plan,
+            &plan.nodes[1],
+            cfg,
+            Ok(n2_body.clone().into_bytes()),
+            "t",
+            true,
+            &ctx,
+        );
+        assert_eq!(view(&r), view(&full));
+        let c = the_compiled(&ctx);
+        let values = c.prepare(&plan.nodes[1]).expect("values");
+        assert_eq!(
+            r.input.as_ref().map(|i| i.body),
+            c.fit(
+                &crate::collect::Body::from(n2_body.clone().into_bytes()),
+                &values
+            )
+        );
+        // Bodies that are not expected go the usual way, on the bytes that came.
+        for other in [
+            n2_body.replace("\"port\": 80", "\"port\": 81"),
+            n2_body.replace("10.0.0.2", "10.0.0.9"),
+            format!("{n2_body} "),
+            n2_body[..n2_body.len() - 2].to_string(),
+        ] {
+            let r = fetched_expecting(&plan, &ctx, 1, &other);
+            assert_eq!(r.fetch_seconds, 0.0, "{other}");
+            let full = evaluate(
+                &plan,
+                &plan.nodes[1],
+                cfg,
+                Ok(other.clone().into_bytes()),
+                "t",
+                true,
+                &ctx,
+            );
+            assert_eq!(view(&r), view(&full), "{other}");
+        }
+        // Warm: the same body, expected, with the stored key, is unchanged without a parse.
+        let mut warm_ctx = context(&plan);
+        warm_ctx.digests = ctx.digests.clone();
+        warm_ctx.fast = ctx.fast.clone();
+        let target = (plan.nodes[1].name.clone(), cfg.name.clone());
+        warm_ctx.inputs = Arc::new(
+            [(
+                target.clone(),
+                r_input(&fetched_expecting(&plan, &ctx, 1, &n2_body)),
+            )]
+            .into(),
+        );
+        warm_ctx.previous = Arc::new([(target, full.snapshot.map(|(h, _)| h))].into());
+        let w = fetched_expecting(&plan, &warm_ctx, 1, &n2_body);
+        assert!(w.unchanged && w.fetch_seconds == 1.0);
+        assert_eq!(
+            w.snapshot.map(|(h, _)| h),
+            r.snapshot.map(|(h, _)| h),
+            "the last snapshot stands"
+        );
+    }
+
+    fn r_input(r: &TargetResult) -> crate::classify::InputMemo {
+        r.input.clone().expect("an input key")
     }
 
     #[test]

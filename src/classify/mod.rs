@@ -4,7 +4,7 @@
 //! nothing about its content is invented.
 
 use crate::baseline::Scope;
-use crate::collect::{Fetched, Validators};
+use crate::collect::{Body, Fetched, Validators};
 use crate::compare::{self, Difference};
 use crate::config::{ConfigPlan, Plan};
 use crate::finding::{Change, Finding, Kind, Severity, State, fingerprint};
@@ -235,6 +235,87 @@ pub fn reusable<'a>(
     ctx.inputs.get(target).filter(|m| m.context == key)
 }
 
+/// What is known of a target before its fetch: the context half of its input key, its stored input key when a warm
+/// result is possible, and (plain JSON against a baseline the fast path compiles) the compiled baseline, the node's
+/// slot values and the byte layouts learned so far, which the fetch can expect.
+pub struct Known<'p> {
+    pub context: Option<[u8; 32]>,
+    memo: Option<&'p InputMemo>,
+    fast: Option<Fast<'p>>,
+}
+
+struct Fast<'p> {
+    scope: Scope,
+    file: &'p crate::baseline::BaselineFile,
+    compiled: Arc<fast::Compiled>,
+    values: fast::NodeValues,
+    expected: fast::Expected,
+}
+
+impl<'p> Known<'p> {
+    /// Look up what is known of `node`'s `cfg` (see [`Known`]).
+    pub fn new(
+        plan: &'p Plan,
+        node: &Node,
+        cfg: &ConfigPlan,
+        keep_document: bool,
+        ctx: &'p Context,
+    ) -> Known<'p> {
+        let context = ctx
+            .digests
+            .as_ref()
+            .and_then(|d| d.context(plan, cfg, node));
+        let target = (node.name.clone(), cfg.name.clone());
+        let memo = reusable(ctx, &target, context, keep_document);
+        let plain_json = cfg.normalizer.format == crate::normalize::Format::Json
+            && cfg.normalizer.extract.is_none()
+            && cfg.normalizer.decode.is_empty();
+        let fast = if plain_json && !keep_document {
+            plan.baselines
+                .configs
+                .get(&cfg.name)
+                .and_then(|c| c.resolve(node))
+                .and_then(|(scope, file)| {
+                    let compiled = ctx.fast.get(
+                        file,
+                        ctx.redactor.as_deref(),
+                        &plan.rules,
+                        &cfg.name,
+                        node,
+                    )?;
+                    let values = compiled.prepare(node)?;
+                    let expected = compiled.expected();
+                    Some(Fast {
+                        scope,
+                        file,
+                        compiled,
+                        values,
+                        expected,
+                    })
+                })
+        } else {
+            None
+        };
+        Known {
+            context,
+            memo,
+            fast,
+        }
+    }
+
+    /// The validators to ask conditionally with: those stored with a usable input key.
+    pub fn validators(&self) -> Option<&Validators> {
+        self.memo.map(|m| &m.validators).filter(|v| !v.is_empty())
+    }
+
+    /// The bodies the fetch can expect (byte layouts learned in this scan, with the node's values).
+    pub fn expect(&self) -> Option<crate::collect::Expect<'_>> {
+        self.fast
+            .as_ref()
+            .and_then(|f| f.expected.expect(&f.values))
+    }
+}
+
 /// Evaluate one fetched (or failed) target against its baseline.
 pub fn evaluate(
     plan: &Plan,
@@ -245,19 +326,16 @@ pub fn evaluate(
     keep_document: bool,
     ctx: &Context,
 ) -> TargetResult {
-    let context = ctx
-        .digests
-        .as_ref()
-        .and_then(|d| d.context(plan, cfg, node));
+    let known = Known::new(plan, node, cfg, keep_document, ctx);
     let fetched = fetched.map(|bytes| Fetched::Body {
         bytes: bytes.into(),
         validators: Validators::default(),
     });
-    evaluate_fetched(plan, node, cfg, fetched, now, keep_document, ctx, context)
+    evaluate_fetched(plan, node, cfg, fetched, now, keep_document, ctx, known)
 }
 
-/// Evaluate one fetch outcome: a warm result when the body (or a `304 Not Modified`) and `context` match the
-/// stored input key, the full path otherwise. `context` is [`InputDigests::context`] for this target.
+/// Evaluate one fetch outcome: a warm result when the body (or a `304 Not Modified`) and the context match the
+/// stored input key, the full path otherwise. `known` is what [`Known::new`] gave before the fetch.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_fetched(
     plan: &Plan,
@@ -267,13 +345,72 @@ pub fn evaluate_fetched(
     now: &str,
     keep_document: bool,
     ctx: &Context,
-    context: Option<[u8; 32]>,
+    known: Known<'_>,
 ) -> TargetResult {
     let mut r = TargetResult::nothing(node, cfg);
     let target = (node.name.clone(), cfg.name.clone());
-    let memo = reusable(ctx, &target, context, keep_document);
+    let Known {
+        context,
+        memo,
+        fast,
+    } = known;
     let (bytes, validators) = match fetched {
         Ok(Fetched::Body { bytes, validators }) => (Ok(bytes), validators),
+        Ok(Fetched::AsExpected {
+            candidate,
+            len,
+            validators,
+        }) => {
+            // A body that was a learned layout filled with the node's values: it matches, and its identity is
+            // that layout's.
+            let Some((f, body)) = fast.as_ref().and_then(|f| {
+                f.expected
+                    .identity(candidate, &f.values)
+                    .map(|body| (f, body))
+            }) else {
+                return only(
+                    r,
+                    Kind::Invalid,
+                    node,
+                    cfg,
+                    "the body matched a layout plumb no longer has (internal error)",
+                    now,
+                );
+            };
+            if let Some(m) = memo
+                && m.body == body
+            {
+                return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+            }
+            if matched(
+                &mut r,
+                &f.compiled,
+                f.values.values.clone(),
+                len,
+                plan,
+                node,
+                cfg,
+                now,
+                ctx,
+                &target,
+            ) {
+                r.baseline = Some((f.scope, f.file.path.clone()));
+                r.input = context.map(|context| InputMemo {
+                    body,
+                    context,
+                    validators,
+                    unified: String::new(),
+                });
+                return r;
+            }
+            // The compiled baseline could not give the results: the full path, on the body rebuilt.
+            let bytes = f
+                .expected
+                .render(candidate, &f.values)
+                .map(Body::from)
+                .unwrap_or_default();
+            (Ok(bytes), validators)
+        }
         Ok(Fetched::NotModified { validators }) => match memo {
             Some(m) => return warm(plan, node, cfg, now, ctx, &target, r, m, validators),
             // Only asked conditionally with a usable key; a 304 without one tells nothing.
@@ -296,35 +433,34 @@ pub fn evaluate_fetched(
         .configs
         .get(&cfg.name)
         .and_then(|c| c.resolve(node));
-    // A JSON body equal to its baseline: recognized by bytes or while parsed, its results taken from the compiled
-    // baseline (the fast path, `fast.rs`).
-    let plain_json = cfg.normalizer.format == crate::normalize::Format::Json
-        && cfg.normalizer.extract.is_none()
-        && cfg.normalizer.decode.is_empty();
-    let fast = match resolved {
-        Some((scope, file)) if plain_json && !keep_document => ctx
-            .fast
-            .get(file, ctx.redactor.as_deref(), &plan.rules, &cfg.name, node)
-            .and_then(|c| c.prepare(node).map(|v| (scope, file, c, v))),
-        _ => None,
-    };
     // The body's identity: by its byte layout when a learned one fits (a comparison instead of a hash), else its
     // blake3.
     let fitted = fast
         .as_ref()
-        .and_then(|(_, _, c, v)| c.identity(&bytes, v, memo.map(|m| &m.body)));
+        .and_then(|f| f.compiled.fit(&bytes, &f.values));
     let mut body = fitted.unwrap_or_else(|| bytes.hash());
-    if let Some(m) = memo
-        && m.body == body
-    {
-        return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+    if let Some(m) = memo {
+        // Known by its layout last time, but no layout of this scan fits yet (the scan's first such body): learnt
+        // again from this body when that gives the stored identity.
+        if m.body != body
+            && fitted.is_none()
+            && let Some(f) = &fast
+            && let Some(id) = f.compiled.relearn(&bytes, &f.values, &m.body)
+        {
+            body = id;
+        }
+        if m.body == body {
+            return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+        }
     }
-    if let Some((scope, file, compiled, values)) = &fast
-        && (fitted.is_some() || compiled.matches_learning(&bytes.contiguous(), values))
+    // A JSON body equal to its baseline: recognized by bytes or while parsed, its results taken from the compiled
+    // baseline (the fast path, `fast.rs`).
+    if let Some(f) = &fast
+        && (fitted.is_some() || f.compiled.matches_learning(&bytes.contiguous(), &f.values))
         && {
             // Matched by parsing: the identity the next scan finds is by the layout just learned, if any.
             if fitted.is_none()
-                && let Some(id) = compiled.fit(&bytes, values)
+                && let Some(id) = f.compiled.fit(&bytes, &f.values)
             {
                 body = id;
             }
@@ -332,8 +468,8 @@ pub fn evaluate_fetched(
         }
         && matched(
             &mut r,
-            compiled,
-            values.values.clone(),
+            &f.compiled,
+            f.values.values.clone(),
             bytes.len(),
             plan,
             node,
@@ -343,7 +479,7 @@ pub fn evaluate_fetched(
             &target,
         )
     {
-        r.baseline = Some((*scope, file.path.clone()));
+        r.baseline = Some((f.scope, f.file.path.clone()));
         r.input = context.map(|context| InputMemo {
             body,
             context,
@@ -389,10 +525,12 @@ pub fn evaluate_fetched(
     ));
     let baseline = if matches_baseline && !rules.iter().any(|r| r.reads_baseline()) {
         None
-    } else if let Some((scope, file, compiled, values)) = &fast {
+    } else if let Some(f) = &fast {
         // The node's redacted baseline, from the compiled one: its values filled into a copy.
-        let values = compiled.redacted_values(values.values.clone(), ctx.redactor.as_deref());
-        Some((*scope, *file, compiled.filled(&values)))
+        let values = f
+            .compiled
+            .redacted_values(f.values.values.clone(), ctx.redactor.as_deref());
+        Some((f.scope, f.file, f.compiled.filled(&values)))
     } else {
         let mut b = plan.baselines.for_node(&cfg.name, node);
         if let (Some(red), Some((_, _, doc))) = (&ctx.redactor, b.as_mut()) {
@@ -983,7 +1121,7 @@ mod tests {
             "t3",
             false,
             &ctx,
-            digests.context(&plan, cfg, node),
+            Known::new(&plan, node, cfg, false, &ctx),
         );
         assert!(nm.unchanged);
         assert_eq!(nm.input.map(|i| i.validators), Some(v));
@@ -1015,7 +1153,7 @@ mod tests {
             "t4",
             false,
             &Context::default(),
-            None,
+            Known::new(&plan, node, cfg, false, &Context::default()),
         );
         assert!(!lost.read && lost.findings[0].kind == Kind::Unreachable);
     }

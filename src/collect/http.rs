@@ -155,6 +155,7 @@ pub(super) async fn get(
     headers: &[(String, String)],
     max_body: u64,
     validators: Option<&Validators>,
+    expect: Option<&mut super::Expect<'_>>,
 ) -> Result<Response, CollectError> {
     let mut req = client.get(url);
     for (k, v) in headers {
@@ -220,23 +221,19 @@ pub(super) async fn get(
         return Err(CollectError::TooLarge { limit: max_body });
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    // The chunks are kept as they came (never copied here), never more than the cap.
-    let mut chunks = Vec::new();
+    // The chunks are kept as they came (never copied here), never more than the cap; while they are what `expect`
+    // expects, they are compared and dropped instead.
+    let mut body = super::Receiving::new(expect);
     let mut len = 0usize;
     while let Some(chunk) = resp.chunk().await.map_err(classify)? {
         len += chunk.len();
         if len > limit {
             return Err(CollectError::TooLarge { limit: max_body });
         }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
+        body.push(chunk);
     }
     Ok(Response {
-        fetched: Fetched::Body {
-            bytes: super::Body::from_chunks(chunks),
-            validators: got,
-        },
+        fetched: body.finish(got),
         content_type,
     })
 }

@@ -262,11 +262,180 @@ impl From<Vec<u8>> for Body {
     }
 }
 
+/// Bodies a fetch expects, compared with each chunk as it arrives (while the chunk is still in cache) instead of
+/// being kept: a body that is exactly one of them is [`Fetched::AsExpected`] and costs no memory; one that is none is
+/// handed back whole as [`Fetched::Body`], the part that matched rebuilt from the candidate it matched. Each
+/// candidate is given as parts, one after another. Only bodies known to be valid content for the config's format may
+/// be expected: an expected body is not checked against its `Content-Type` again.
+#[derive(Debug)]
+pub struct Expect<'a> {
+    candidates: Vec<Vec<&'a [u8]>>,
+    /// Per candidate: (part, offset in it) of the next byte; `None` once it disagreed.
+    at: Vec<Option<(usize, usize)>>,
+    /// Bytes fed that every live candidate agrees with.
+    fed: usize,
+}
+
+impl<'a> Expect<'a> {
+    pub fn new(candidates: Vec<Vec<&'a [u8]>>) -> Expect<'a> {
+        let at = vec![Some((0, 0)); candidates.len()];
+        Expect {
+            candidates,
+            at,
+            fed: 0,
+        }
+    }
+
+    /// Start over (a retried fetch).
+    fn reset(&mut self) {
+        self.at.iter_mut().for_each(|a| *a = Some((0, 0)));
+        self.fed = 0;
+    }
+
+    /// Compare the next chunk; whether some candidate agrees with everything fed so far. When none does, nothing
+    /// of this chunk is counted: [`Expect::prefix`] still gives the bytes before it.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        let mut next = self.at.clone();
+        for (at, parts) in next.iter_mut().zip(&self.candidates) {
+            if let Some(pos) = *at {
+                *at = advance(parts, pos, chunk);
+            }
+        }
+        if next.iter().all(Option::is_none) {
+            return false;
+        }
+        self.at = next;
+        self.fed += chunk.len();
+        true
+    }
+
+    /// The candidate that everything fed equals, whole.
+    fn complete(&self) -> Option<usize> {
+        self.at
+            .iter()
+            .zip(&self.candidates)
+            .position(|(at, parts)| {
+                at.is_some_and(|(part, off)| {
+                    off == 0
+                        && parts
+                            .get(part..)
+                            .is_some_and(|rest| rest.iter().all(|p| p.is_empty()))
+                })
+            })
+    }
+
+    /// The bytes fed so far (which some live candidate begins with), rebuilt from that candidate.
+    fn prefix(&self) -> Vec<u8> {
+        let Some(i) = self.at.iter().position(Option::is_some) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(self.fed);
+        for p in &self.candidates[i] {
+            let n = p.len().min(self.fed - out.len());
+            out.extend_from_slice(&p[..n]);
+            if out.len() == self.fed {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// A body as its chunks come in: kept, or while they are what an [`Expect`] expects, compared and dropped.
+pub(crate) struct Receiving<'e, 'a> {
+    expect: Option<&'e mut Expect<'a>>,
+    chunks: Vec<bytes::Bytes>,
+}
+
+impl<'e, 'a> Receiving<'e, 'a> {
+    pub(crate) fn new(expect: Option<&'e mut Expect<'a>>) -> Receiving<'e, 'a> {
+        Receiving {
+            expect,
+            chunks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, chunk: bytes::Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        if let Some(e) = self.expect.as_deref_mut() {
+            if e.feed(&chunk) {
+                return;
+            }
+            // Not what was expected: the part that was, rebuilt, then the rest as it comes.
+            let prefix = e.prefix();
+            if !prefix.is_empty() {
+                self.chunks.push(bytes::Bytes::from(prefix));
+            }
+            self.expect = None;
+        }
+        self.chunks.push(chunk);
+    }
+
+    /// The fetch: [`Fetched::AsExpected`] when the body was an expected one, else the body.
+    pub(crate) fn finish(mut self, validators: Validators) -> Fetched {
+        if let Some(e) = self.expect {
+            let len = e.fed;
+            match e.complete() {
+                Some(candidate) => {
+                    return Fetched::AsExpected {
+                        candidate,
+                        len,
+                        validators,
+                    };
+                }
+                // Shorter than every candidate: what came, rebuilt.
+                None => {
+                    let prefix = e.prefix();
+                    if !prefix.is_empty() {
+                        self.chunks.push(bytes::Bytes::from(prefix));
+                    }
+                }
+            }
+        }
+        Fetched::Body {
+            bytes: Body::from_chunks(self.chunks),
+            validators,
+        }
+    }
+}
+
+/// Where `parts` stands after `chunk`, from `(part, off)`; `None` when `chunk` is not what follows.
+fn advance(
+    parts: &[&[u8]],
+    (mut part, mut off): (usize, usize),
+    mut chunk: &[u8],
+) -> Option<(usize, usize)> {
+    while !chunk.is_empty() {
+        let p = parts.get(part)?;
+        let rest = &p[off..];
+        let n = rest.len().min(chunk.len());
+        if rest[..n] != chunk[..n] {
+            return None;
+        }
+        chunk = &chunk[n..];
+        off += n;
+        if off == p.len() {
+            part += 1;
+            off = 0;
+        }
+    }
+    Some((part, off))
+}
+
 /// A successful fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
     /// The content, with the validators the node sent along (http only).
     Body { bytes: Body, validators: Validators },
+    /// The content was exactly the `candidate`th body of the [`Expect`] the fetch was given (`len` bytes); it was
+    /// compared as it came and not kept.
+    AsExpected {
+        candidate: usize,
+        len: usize,
+        validators: Validators,
+    },
     /// `304 Not Modified` to a conditional GET: the content is the one the validators were taken from.
     NotModified { validators: Validators },
 }
@@ -325,6 +494,9 @@ impl Collector {
     ) -> Result<Vec<u8>, CollectError> {
         match self.fetch_conditional(plan, config, node, None).await? {
             Fetched::Body { bytes, .. } => Ok(bytes.into_vec()),
+            Fetched::AsExpected { .. } => Err(CollectError::Http(
+                "a body was expected where none was (internal error)".into(),
+            )),
             Fetched::NotModified { .. } => Err(CollectError::Status {
                 code: 304,
                 reason: "Not Modified".into(),
@@ -341,6 +513,20 @@ impl Collector {
         node: &Node,
         validators: Option<&Validators>,
     ) -> Result<Fetched, CollectError> {
+        self.fetch_expecting(plan, config, node, validators, None)
+            .await
+    }
+
+    /// Fetch like [`Collector::fetch_conditional`]; over http, each chunk of the body is compared with `expect` as it
+    /// arrives (other sources hand their content back whole).
+    pub async fn fetch_expecting(
+        &self,
+        plan: &Plan,
+        config: &ConfigPlan,
+        node: &Node,
+        validators: Option<&Validators>,
+        mut expect: Option<&mut Expect<'_>>,
+    ) -> Result<Fetched, CollectError> {
         let index = plan
             .configs
             .iter()
@@ -348,9 +534,12 @@ impl Collector {
             .unwrap_or(usize::MAX);
         let mut attempt = 0u32;
         loop {
+            if let Some(e) = expect.as_deref_mut() {
+                e.reset();
+            }
             let result = tokio::time::timeout(
                 config.timeout,
-                self.fetch_once(index, config, node, validators),
+                self.fetch_once(index, config, node, validators, expect.as_deref_mut()),
             )
             .await;
             let err = match result {
@@ -381,6 +570,7 @@ impl Collector {
         config: &ConfigPlan,
         node: &Node,
         validators: Option<&Validators>,
+        expect: Option<&mut Expect<'_>>,
     ) -> Result<(Fetched, Option<String>), CollectError> {
         let body = |bytes: Vec<u8>| {
             let fetched = Fetched::Body {
@@ -400,7 +590,7 @@ impl Collector {
                 for (k, v) in headers {
                     hs.push((k.clone(), v.render(node).map_err(CollectError::Refused)?));
                 }
-                let r = http::get(client, &url, &hs, config.max_body, validators).await?;
+                let r = http::get(client, &url, &hs, config.max_body, validators, expect).await?;
                 Ok((r.fetched, r.content_type))
             }
             SourceSpec::File {
@@ -454,6 +644,79 @@ mod tests {
         }
         assert!(Body::default().equals_concat([&b""[..]]));
         assert!(!Body::default().equals_concat([&b"a"[..]]));
+    }
+
+    /// `body` received in chunks cut at `cuts`, expecting `candidates` (each given as parts).
+    fn receive(body: &[u8], cuts: &[usize], candidates: &[Vec<&[u8]>]) -> Fetched {
+        let mut expect = Expect::new(candidates.to_vec());
+        let mut r = Receiving::new(Some(&mut expect));
+        let mut from = 0;
+        for &c in cuts.iter().chain([&body.len()]) {
+            let c = c.clamp(from, body.len());
+            r.push(bytes::Bytes::copy_from_slice(&body[from..c]));
+            from = c;
+        }
+        r.finish(Validators::default())
+    }
+
+    #[test]
+    fn an_expected_body_is_compared_as_it_comes_and_anything_else_is_kept_byte_for_byte() {
+        let a = br#"{"name": "n1", "port": 80, "tags": ["x", "y"]}"#;
+        // The same document with another port, another name, cut short, made longer.
+        let b = br#"{"name": "n1", "port": 81, "tags": ["x", "y"]}"#;
+        let c = br#"{"name": "n22", "port": 80, "tags": ["x", "y"]}"#;
+        let short = &a[..a.len() - 1];
+        let long = br#"{"name": "n1", "port": 80, "tags": ["x", "y"]} "#;
+        // `a` as a layout would give it: pieces around the slot value `"n1"`, and an empty part.
+        let layout_a: Vec<&[u8]> = vec![&a[..9], b"", &a[9..13], &a[13..]];
+        let other: Vec<&[u8]> = vec![&c[..]];
+        let n = a.len();
+        for cut1 in 0..=n {
+            for cut2 in [cut1, cut1 + 1, cut1 + 7, n] {
+                let cuts = [cut1, cut2];
+                for cands in [
+                    vec![layout_a.clone()],
+                    vec![other.clone(), layout_a.clone()],
+                ] {
+                    let which = cands.len() - 1;
+                    match receive(a, &cuts, &cands) {
+                        Fetched::AsExpected { candidate, len, .. } => {
+                            assert_eq!((candidate, len), (which, n), "cuts {cuts:?}");
+                        }
+                        f => panic!("cuts {cuts:?}: {f:?}"),
+                    }
+                    for unexpected in [&b[..], &c[..], short, &long[..], b"", b"x"] {
+                        if cands.len() == 2 && unexpected == &c[..] {
+                            continue;
+                        }
+                        match receive(unexpected, &cuts, &cands) {
+                            Fetched::Body { bytes, .. } => assert_eq!(
+                                bytes.into_vec(),
+                                unexpected.to_vec(),
+                                "cuts {cuts:?} of {:?}",
+                                String::from_utf8_lossy(unexpected)
+                            ),
+                            f => panic!("cuts {cuts:?}: {f:?}"),
+                        }
+                    }
+                }
+                // Two candidates, one the body: that one, wherever the other stops agreeing.
+                match receive(&c[..], &cuts, &[layout_a.clone(), other.clone()]) {
+                    Fetched::AsExpected { candidate, .. } => assert_eq!(candidate, 1),
+                    f => panic!("cuts {cuts:?}: {f:?}"),
+                }
+            }
+        }
+        // A retry starts over.
+        let mut expect = Expect::new(vec![layout_a.clone()]);
+        assert!(expect.feed(&a[..10]));
+        expect.reset();
+        let mut r = Receiving::new(Some(&mut expect));
+        r.push(bytes::Bytes::copy_from_slice(a));
+        assert!(matches!(
+            r.finish(Validators::default()),
+            Fetched::AsExpected { candidate: 0, .. }
+        ));
     }
 
     #[test]
