@@ -213,13 +213,14 @@ impl Layout {
         static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
         let key = KEY
             .get_or_init(|| blake3::derive_key("plumb 2026-11 body identity by byte layout", b""));
-        let mut h = blake3::Hasher::new_keyed(key);
-        h.update(&self.id);
+        // Written out, then hashed at once (the bytes a streaming hasher would be given).
+        let mut buf = Vec::with_capacity(32 + quoted.iter().map(|q| q.len() + 8).sum::<usize>());
+        buf.extend_from_slice(&self.id);
         for q in quoted {
-            h.update(&(q.len() as u64).to_le_bytes());
-            h.update(q.as_bytes());
+            buf.extend_from_slice(&(q.len() as u64).to_le_bytes());
+            buf.extend_from_slice(q.as_bytes());
         }
-        *h.finalize().as_bytes()
+        *blake3::keyed_hash(key, &buf).as_bytes()
     }
 
     /// The body this layout gives for `quoted` (empty when they do not fit its gaps).

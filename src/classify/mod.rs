@@ -157,39 +157,56 @@ impl InputDigests {
     /// choose and fill the baseline and appear in messages), the baseline file that applies (or none) and the
     /// rules that apply. `None` when something is not known to this set (then the target is always evaluated).
     pub fn context(&self, plan: &Plan, cfg: &ConfigPlan, node: &Node) -> Option<[u8; 32]> {
-        let mut h = blake3::Hasher::new();
-        h.update(self.configs.get(&cfg.name)?);
-        put(&mut h, node.name.as_bytes());
-        for map in [&node.labels, &node.vars] {
-            h.update(&(map.len() as u64).to_le_bytes());
-            for (k, v) in map {
-                put(&mut h, k.as_bytes());
-                put(&mut h, v.as_bytes());
-            }
-        }
-        match plan
+        let resolved = plan
             .baselines
             .configs
             .get(&cfg.name)
-            .and_then(|c| c.resolve(node))
-        {
-            Some((_, file)) => {
-                put(&mut h, b"baseline");
-                h.update(self.baselines.get(&file.path)?);
+            .and_then(|c| c.resolve(node));
+        self.context_with(plan, cfg, node, resolved.map(|(_, f)| f))
+    }
+
+    /// [`InputDigests::context`] with the baseline file that applies (`resolved`) already looked up.
+    fn context_with(
+        &self,
+        plan: &Plan,
+        cfg: &ConfigPlan,
+        node: &Node,
+        resolved: Option<&crate::baseline::BaselineFile>,
+    ) -> Option<[u8; 32]> {
+        // Written out, then hashed at once (what a streaming hasher would give for the same bytes, cheaper for
+        // a few hundred of them).
+        let mut buf: Vec<u8> = Vec::with_capacity(512);
+        let put = |buf: &mut Vec<u8>, part: &[u8]| {
+            buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            buf.extend_from_slice(part);
+        };
+        buf.extend_from_slice(self.configs.get(&cfg.name)?);
+        put(&mut buf, node.name.as_bytes());
+        for map in [&node.labels, &node.vars] {
+            buf.extend_from_slice(&(map.len() as u64).to_le_bytes());
+            for (k, v) in map {
+                put(&mut buf, k.as_bytes());
+                put(&mut buf, v.as_bytes());
             }
-            None => put(&mut h, b"no baseline"),
+        }
+        match resolved {
+            Some(file) => {
+                put(&mut buf, b"baseline");
+                buf.extend_from_slice(self.baselines.get(&file.path)?);
+            }
+            None => put(&mut buf, b"no baseline"),
         }
         // The rules that apply: those for every node (one digest, computed once), then those whose selector
         // matches this node.
         let (always, selective) = self.rules.get(&cfg.name)?;
-        h.update(always);
+        buf.extend_from_slice(always);
         for &i in selective {
             let rule = plan.rules.rules.get(i)?;
             if rule.selector.matches(node) {
-                h.update(&rule.digest);
+                buf.extend_from_slice(&rule.digest);
             }
         }
-        Some(*h.finalize().as_bytes())
+        Some(*blake3::hash(&buf).as_bytes())
     }
 }
 
@@ -242,6 +259,12 @@ pub struct Known<'p> {
     pub context: Option<[u8; 32]>,
     memo: Option<&'p InputMemo>,
     fast: Option<Fast<'p>>,
+    /// (node, config), the key of every per-target map.
+    target: (String, String),
+    /// The baseline file that applies, if any.
+    resolved: Option<(Scope, &'p crate::baseline::BaselineFile)>,
+    /// The last snapshot hash: `None` never scanned, `Some(None)` scanned but not read.
+    previous: Option<&'p Option<String>>,
 }
 
 struct Fast<'p> {
@@ -261,28 +284,33 @@ impl<'p> Known<'p> {
         keep_document: bool,
         ctx: &'p Context,
     ) -> Known<'p> {
+        let resolved = plan
+            .baselines
+            .configs
+            .get(&cfg.name)
+            .and_then(|c| c.resolve(node));
         let context = ctx
             .digests
             .as_ref()
-            .and_then(|d| d.context(plan, cfg, node));
+            .and_then(|d| d.context_with(plan, cfg, node, resolved.map(|(_, f)| f)));
         let target = (node.name.clone(), cfg.name.clone());
-        let memo = reusable(ctx, &target, context, keep_document);
+        let previous = ctx.previous.get(&target);
+        // As [`reusable`]: a warm result needs the document not to be wanted, a known context equal to the stored
+        // one, and a last snapshot.
+        let memo = match context {
+            Some(key) if !keep_document && matches!(previous, Some(Some(_))) => {
+                ctx.inputs.get(&target).filter(|m| m.context == key)
+            }
+            _ => None,
+        };
         let plain_json = cfg.normalizer.format == crate::normalize::Format::Json
             && cfg.normalizer.extract.is_none()
             && cfg.normalizer.decode.is_empty();
-        let fast = if plain_json && !keep_document {
-            plan.baselines
-                .configs
-                .get(&cfg.name)
-                .and_then(|c| c.resolve(node))
-                .and_then(|(scope, file)| {
-                    let compiled = ctx.fast.get(
-                        file,
-                        ctx.redactor.as_deref(),
-                        &plan.rules,
-                        &cfg.name,
-                        node,
-                    )?;
+        let fast = match resolved {
+            Some((scope, file)) if plain_json && !keep_document => ctx
+                .fast
+                .get(file, ctx.redactor.as_deref(), &plan.rules, &cfg.name, node)
+                .and_then(|compiled| {
                     let values = compiled.prepare(node)?;
                     let expected = compiled.expected();
                     Some(Fast {
@@ -292,14 +320,16 @@ impl<'p> Known<'p> {
                         values,
                         expected,
                     })
-                })
-        } else {
-            None
+                }),
+            _ => None,
         };
         Known {
             context,
             memo,
             fast,
+            target,
+            resolved,
+            previous,
         }
     }
 
@@ -348,11 +378,13 @@ pub fn evaluate_fetched(
     known: Known<'_>,
 ) -> TargetResult {
     let mut r = TargetResult::nothing(node, cfg);
-    let target = (node.name.clone(), cfg.name.clone());
     let Known {
         context,
         memo,
         fast,
+        target,
+        resolved,
+        previous,
     } = known;
     let (bytes, validators) = match fetched {
         Ok(Fetched::Body { bytes, validators }) => (Ok(bytes), validators),
@@ -380,7 +412,7 @@ pub fn evaluate_fetched(
             if let Some(m) = memo
                 && m.body == body
             {
-                return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+                return warm(now, ctx, &target, r, m, validators, resolved, previous);
             }
             if matched(
                 &mut r,
@@ -392,7 +424,7 @@ pub fn evaluate_fetched(
                 cfg,
                 now,
                 ctx,
-                &target,
+                previous,
             ) {
                 r.baseline = Some((f.scope, f.file.path.clone()));
                 r.input = context.map(|context| InputMemo {
@@ -412,7 +444,7 @@ pub fn evaluate_fetched(
             (Ok(bytes), validators)
         }
         Ok(Fetched::NotModified { validators }) => match memo {
-            Some(m) => return warm(plan, node, cfg, now, ctx, &target, r, m, validators),
+            Some(m) => return warm(now, ctx, &target, r, m, validators, resolved, previous),
             // Only asked conditionally with a usable key; a 304 without one tells nothing.
             None => (
                 Err(
@@ -428,11 +460,6 @@ pub fn evaluate_fetched(
         Ok(b) => b,
         Err(reason) => return only(r, Kind::Unreachable, node, cfg, &reason, now),
     };
-    let resolved = plan
-        .baselines
-        .configs
-        .get(&cfg.name)
-        .and_then(|c| c.resolve(node));
     // The body's identity: by its byte layout when a learned one fits (a comparison instead of a hash), else its
     // blake3.
     let fitted = fast
@@ -450,7 +477,7 @@ pub fn evaluate_fetched(
             body = id;
         }
         if m.body == body {
-            return warm(plan, node, cfg, now, ctx, &target, r, m, validators);
+            return warm(now, ctx, &target, r, m, validators, resolved, previous);
         }
     }
     // A JSON body equal to its baseline: recognized by bytes or while parsed, its results taken from the compiled
@@ -476,7 +503,7 @@ pub fn evaluate_fetched(
             cfg,
             now,
             ctx,
-            &target,
+            previous,
         )
     {
         r.baseline = Some((f.scope, f.file.path.clone()));
@@ -511,10 +538,7 @@ pub fn evaluate_fetched(
     }
     let text = live.canonical_text_sized(raw_len.saturating_mul(2).min(64 << 20));
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
-    let unchanged = ctx
-        .previous
-        .get(&target)
-        .is_some_and(|h| h.as_deref() == Some(hash.as_str()));
+    let unchanged = previous.is_some_and(|h| h.as_deref() == Some(hash.as_str()));
     r.snapshot = Some((
         hash,
         if unchanged {
@@ -696,7 +720,7 @@ fn matched(
     cfg: &ConfigPlan,
     now: &str,
     ctx: &Context,
-    target: &(String, String),
+    previous: Option<&Option<String>>,
 ) -> bool {
     let values = compiled.redacted_values(values, ctx.redactor.as_deref());
     let slots = fast::Compiled::slot_texts(&values);
@@ -704,10 +728,7 @@ fn matched(
         return false;
     };
     let hash = hash.to_hex().to_string();
-    let unchanged = ctx
-        .previous
-        .get(target)
-        .is_some_and(|h| h.as_deref() == Some(hash.as_str()));
+    let unchanged = previous.is_some_and(|h| h.as_deref() == Some(hash.as_str()));
     r.read = true;
     r.snapshot = Some((
         hash,
@@ -745,15 +766,14 @@ fn matched(
 /// The warm result: the last evaluation's findings stand, observed now; the snapshot is unchanged.
 #[allow(clippy::too_many_arguments)]
 fn warm(
-    plan: &Plan,
-    node: &Node,
-    cfg: &ConfigPlan,
     now: &str,
     ctx: &Context,
     target: &(String, String),
     mut r: TargetResult,
     memo: &InputMemo,
     validators: Validators,
+    resolved: Option<(Scope, &crate::baseline::BaselineFile)>,
+    previous: Option<&Option<String>>,
 ) -> TargetResult {
     r.read = true;
     r.unchanged = true;
@@ -772,18 +792,8 @@ fn warm(
         })
         .unwrap_or_default();
     r.unified = memo.unified.clone();
-    r.baseline = plan
-        .baselines
-        .configs
-        .get(&cfg.name)
-        .and_then(|c| c.resolve(node))
-        .map(|(scope, f)| (scope, f.path.clone()));
-    r.snapshot = ctx
-        .previous
-        .get(target)
-        .cloned()
-        .flatten()
-        .map(|h| (h, None));
+    r.baseline = resolved.map(|(scope, f)| (scope, f.path.clone()));
+    r.snapshot = previous.cloned().flatten().map(|h| (h, None));
     if validators != memo.validators {
         r.input = Some(InputMemo {
             validators,
