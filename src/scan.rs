@@ -116,12 +116,15 @@ pub async fn run(
     let sem = Arc::new(Semaphore::new(plan.scan.concurrency));
     let spool = opts.spool.take();
     let total = targets_wanted.len();
-    let mut targets = Vec::with_capacity(total);
+    // Each result in its target's place (the order `select` gave), counted as they come.
+    let mut slots: Vec<Option<TargetResult>> = Vec::new();
+    slots.resize_with(total, || None);
+    let mut done = 0usize;
     let mut set = tokio::task::JoinSet::new();
     // Shared by every task through one reference count each (cheap to clone at fleet scale).
     let shared_ctx = Arc::new(std::mem::take(&mut opts.context));
     let shared_now: Arc<str> = Arc::from(now.as_str());
-    for (ni, ci) in targets_wanted.iter().copied() {
+    for (i, (ni, ci)) in targets_wanted.iter().copied().enumerate() {
         let (plan, collector, sem, now) = (
             plan.clone(),
             collector.clone(),
@@ -135,7 +138,7 @@ pub async fn run(
         // kilobytes; 100,000 spawned up front would hold them all), with finished results collected meanwhile.
         let permit = sem.acquire_owned().await;
         while let Some(joined) = set.try_join_next() {
-            collect_one(joined, &mut targets, total, &opts);
+            collect_one(joined, &mut slots, &mut done, &opts);
         }
         set.spawn(async move {
             let node = &plan.nodes[ni];
@@ -167,12 +170,13 @@ pub async fn run(
                     Err((_, text)) => *content = Some(text),
                 }
             }
-            r
+            (i, r)
         });
     }
     while let Some(joined) = set.join_next().await {
-        collect_one(joined, &mut targets, total, &opts);
+        collect_one(joined, &mut slots, &mut done, &opts);
     }
+    let mut targets: Vec<TargetResult> = slots.into_iter().flatten().collect();
     if let Some(spool) = spool {
         let out = spool.finish();
         if let Some(e) = &out.error {
@@ -190,7 +194,13 @@ pub async fn run(
             }
         }
     }
-    targets.sort_by(|a, b| (&a.node, &a.config).cmp(&(&b.node, &b.config)));
+    // Sorted by (node, config): already so when the plan lists them so (the usual case), which is checked in one pass.
+    fn key(t: &TargetResult) -> (&str, &str) {
+        (&t.node, &t.config)
+    }
+    if !targets.is_sorted_by(|a, b| key(a) <= key(b)) {
+        targets.sort_by(|a, b| key(a).cmp(&key(b)));
+    }
     let finished = chrono::Utc::now();
     let report = Report::build(started, finished, nodes_selected, &targets);
     Ok(ScanOutput { report, targets })
@@ -198,17 +208,22 @@ pub async fn run(
 
 /// Gather one finished task's result and report progress.
 fn collect_one(
-    joined: Result<TargetResult, tokio::task::JoinError>,
-    targets: &mut Vec<TargetResult>,
-    total: usize,
+    joined: Result<(usize, TargetResult), tokio::task::JoinError>,
+    slots: &mut [Option<TargetResult>],
+    done: &mut usize,
     opts: &ScanOptions,
 ) {
     match joined {
-        Ok(t) => targets.push(t),
+        Ok((i, t)) => {
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Some(t);
+                *done += 1;
+            }
+        }
         Err(e) => tracing::error!(error = %e, "a scan task failed"),
     }
     if let Some(p) = &opts.progress {
-        (p.0)(targets.len(), total);
+        (p.0)(*done, slots.len());
     }
 }
 
@@ -314,9 +329,16 @@ pub fn record(
         gate: &gate,
     });
     drop((scanned, read));
+    // Only what changed: the store writes nothing for an unchanged snapshot.
     let snapshots = output
         .targets
         .iter_mut()
+        .filter(|t| {
+            t.spooled
+                || t.snapshot
+                    .as_ref()
+                    .is_some_and(|(_, content)| content.is_some())
+        })
         .filter_map(|t| {
             let spooled = t.spooled;
             t.snapshot.take().map(|(hash, content)| Snapshot {
@@ -334,11 +356,11 @@ pub fn record(
         .targets
         .iter_mut()
         .filter_map(|t| {
-            let target = (t.node.clone(), t.config.clone());
+            let target = |t: &TargetResult| (t.node.clone(), t.config.clone());
             if t.unchanged {
-                t.input.take().map(|i| (target, Some(i)))
+                t.input.take().map(|i| (target(t), Some(i)))
             } else if t.read {
-                Some((target, t.input.take()))
+                Some((target(t), t.input.take()))
             } else {
                 None
             }
