@@ -432,6 +432,39 @@ pub struct Plan {
     pub sinks: Vec<crate::notify::sinks::SinkPlan>,
     pub routes: Vec<crate::notify::plan::Route>,
     pub report_url: Option<String>,
+    /// What this plan's scans compile and learn, kept for the next scan (see [`Scratch`]).
+    pub scratch: Scratch,
+}
+
+/// Kept as long as its plan, shared by the plan's scans: the baselines compiled for the matching fast path, with the
+/// byte layouts they learned (`classify::fast`), for one redaction key at a time. Its keys are addresses inside the
+/// plan, so a clone of the plan starts with an empty one.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    compiled: std::sync::Mutex<Option<([u8; 32], std::sync::Arc<crate::classify::fast::Cache>)>>,
+}
+
+impl Clone for Scratch {
+    fn clone(&self) -> Scratch {
+        Scratch::default()
+    }
+}
+
+impl Scratch {
+    /// The compiled baselines for a scan whose redactor has id `redactor` (another key starts them anew).
+    pub fn compiled(&self, redactor: [u8; 32]) -> std::sync::Arc<crate::classify::fast::Cache> {
+        let Ok(mut kept) = self.compiled.lock() else {
+            return std::sync::Arc::default();
+        };
+        match &*kept {
+            Some((id, cache)) if *id == redactor => cache.clone(),
+            _ => {
+                let cache = std::sync::Arc::new(crate::classify::fast::Cache::default());
+                *kept = Some((redactor, cache.clone()));
+                cache
+            }
+        }
+    }
 }
 
 impl Plan {
@@ -884,6 +917,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path, r: &dyn Resolver) -> Resul
         sinks,
         routes,
         report_url,
+        scratch: Scratch::default(),
     };
     // baseline.toml settings extend the config's own.
     for c in &mut plan.configs {
@@ -1270,6 +1304,20 @@ fn check_templates(s: &SourceSpec, node: &Node) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plans_scratch_keeps_compiled_baselines_for_one_key_at_a_time() {
+        use std::sync::Arc;
+        let s = Scratch::default();
+        let a = s.compiled([1; 32]);
+        assert!(Arc::ptr_eq(&a, &s.compiled([1; 32])), "the next scan's");
+        let b = s.compiled([2; 32]);
+        assert!(!Arc::ptr_eq(&a, &b), "another key starts anew");
+        assert!(
+            !Arc::ptr_eq(&b, &s.clone().compiled([2; 32])),
+            "a clone starts empty"
+        );
+    }
     use crate::template::tests::MapResolver;
 
     fn load_text(text: &str) -> Result<Plan, LoadError> {

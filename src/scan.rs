@@ -247,6 +247,8 @@ pub fn prepare(
     })?;
     let versions =
         store.record_baselines(&plan.baselines.versions(&plan.root, Some(&redactor)), now)?;
+    // Compiled in an earlier scan of this plan with this key, if one ran.
+    let fast = plan.scratch.compiled(redactor.id());
     let targets = select(plan, opts)
         .into_iter()
         .map(|(n, c)| (plan.nodes[n].name.clone(), plan.configs[c].name.clone()))
@@ -260,7 +262,7 @@ pub fn prepare(
         inputs: Arc::new(std::mem::take(&mut memory.last_input)),
         observed: Arc::new(classify::observations(&memory.records)),
         digests: Some(Arc::new(classify::InputDigests::new(plan, &versions))),
-        fast: Arc::default(),
+        fast,
     };
     opts.spool = store.spool(now).map(Arc::new);
     Ok(memory)

@@ -231,6 +231,18 @@ impl Layout {
     }
 }
 
+/// `v` as a JSON string, as serde_json prints it: quoted, and escaped only where it must be.
+fn json_string(v: &str) -> String {
+    if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return serde_json::to_string(v).unwrap_or_default();
+    }
+    let mut q = String::with_capacity(v.len() + 2);
+    q.push('"');
+    q.push_str(v);
+    q.push('"');
+    q
+}
+
 /// The JSON text `"\u0000plumb-slot\u0000"` marks a slot in the printed baseline.
 const SENTINEL: &str = "\u{0}plumb-slot\u{0}";
 const SENTINEL_JSON: &str = "\"\\u0000plumb-slot\\u0000\"";
@@ -398,10 +410,7 @@ impl Compiled {
     /// One node's slot values, substituted and as JSON; `None` when a placeholder cannot be filled.
     pub fn prepare(&self, node: &Node) -> Option<NodeValues> {
         let values = self.values(node)?;
-        let quoted = values
-            .iter()
-            .map(|v| serde_json::to_string(v).unwrap_or_default())
-            .collect();
+        let quoted = values.iter().map(|v| json_string(v)).collect();
         Some(NodeValues { values, quoted })
     }
 
@@ -1351,6 +1360,29 @@ matches = '^https://'
 
     fn r_input(r: &TargetResult) -> crate::classify::InputMemo {
         r.input.clone().expect("an input key")
+    }
+
+    #[test]
+    fn slot_values_are_quoted_as_serde_json_quotes_them() {
+        for v in [
+            "",
+            "plain",
+            "10.0.0.1:80",
+            "q\"uote",
+            "back\\slash",
+            "tab\there",
+            "nul\u{0}",
+            "\u{1f}",
+            "\u{7f}del",
+            "é ü 日本",
+            "/slash/",
+        ] {
+            assert_eq!(
+                super::json_string(v),
+                serde_json::to_string(v).unwrap(),
+                "{v:?}"
+            );
+        }
     }
 
     #[test]
