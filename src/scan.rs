@@ -176,7 +176,10 @@ pub async fn run(
     while let Some(joined) = set.join_next().await {
         collect_one(joined, &mut slots, &mut done, &opts);
     }
-    let mut targets: Vec<TargetResult> = slots.into_iter().flatten().collect();
+    // In place: `Option<TargetResult>` is a `TargetResult` in size, and `filter_map` (unlike `flatten`) collects
+    // into the same allocation instead of a new one of tens of megabytes at fleet scale.
+    #[allow(clippy::filter_map_identity)]
+    let mut targets: Vec<TargetResult> = slots.into_iter().filter_map(|t| t).collect();
     if let Some(spool) = spool {
         let out = spool.finish();
         if let Some(e) = &out.error {
