@@ -274,6 +274,8 @@ pub struct Expect<'a> {
     at: Vec<Option<(usize, usize)>>,
     /// Bytes fed that every live candidate agrees with.
     fed: usize,
+    /// Once none agrees: one that agreed with the `fed` bytes before.
+    witness: Option<usize>,
 }
 
 impl<'a> Expect<'a> {
@@ -283,6 +285,7 @@ impl<'a> Expect<'a> {
             candidates,
             at,
             fed: 0,
+            witness: None,
         }
     }
 
@@ -290,21 +293,25 @@ impl<'a> Expect<'a> {
     fn reset(&mut self) {
         self.at.iter_mut().for_each(|a| *a = Some((0, 0)));
         self.fed = 0;
+        self.witness = None;
     }
 
     /// Compare the next chunk; whether some candidate agrees with everything fed so far. When none does, nothing
-    /// of this chunk is counted: [`Expect::prefix`] still gives the bytes before it.
+    /// of this chunk is counted: [`Expect::prefix`] still gives the bytes before it, from a candidate that agreed
+    /// with them (`witness`).
     fn feed(&mut self, chunk: &[u8]) -> bool {
-        let mut next = self.at.clone();
-        for (at, parts) in next.iter_mut().zip(&self.candidates) {
+        let witness = self.at.iter().position(Option::is_some);
+        let mut alive = false;
+        for (at, parts) in self.at.iter_mut().zip(&self.candidates) {
             if let Some(pos) = *at {
                 *at = advance(parts, pos, chunk);
+                alive |= at.is_some();
             }
         }
-        if next.iter().all(Option::is_none) {
+        if !alive {
+            self.witness = witness;
             return false;
         }
-        self.at = next;
         self.fed += chunk.len();
         true
     }
@@ -324,9 +331,9 @@ impl<'a> Expect<'a> {
             })
     }
 
-    /// The bytes fed so far (which some live candidate begins with), rebuilt from that candidate.
+    /// The bytes fed so far (which some candidate agreed with), rebuilt from that candidate.
     fn prefix(&self) -> Vec<u8> {
-        let Some(i) = self.at.iter().position(Option::is_some) else {
+        let Some(i) = self.at.iter().position(Option::is_some).or(self.witness) else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(self.fed);
