@@ -414,25 +414,8 @@ pub fn evaluate_fetched(
             {
                 return warm(now, ctx, &target, r, m, validators, resolved, previous);
             }
-            if matched(
-                &mut r,
-                &f.compiled,
-                f.values.values.clone(),
-                len,
-                plan,
-                node,
-                cfg,
-                now,
-                ctx,
-                previous,
-            ) {
-                r.baseline = Some((f.scope, f.file.path.clone()));
-                r.input = context.map(|context| InputMemo {
-                    body,
-                    context,
-                    validators,
-                    unified: String::new(),
-                });
+            let key = (body, context, &validators);
+            if matched(&mut r, f, key, len, plan, node, cfg, now, ctx, previous) {
                 return r;
             }
             // The compiled baseline could not give the results: the full path, on the body rebuilt.
@@ -495,8 +478,8 @@ pub fn evaluate_fetched(
         }
         && matched(
             &mut r,
-            &f.compiled,
-            f.values.values.clone(),
+            f,
+            (body, context, &validators),
             bytes.len(),
             plan,
             node,
@@ -506,13 +489,6 @@ pub fn evaluate_fetched(
             previous,
         )
     {
-        r.baseline = Some((f.scope, f.file.path.clone()));
-        r.input = context.map(|context| InputMemo {
-            body,
-            context,
-            validators,
-            unified: String::new(),
-        });
         return r;
     }
     let mut live = match cfg.normalizer.normalize(&bytes.contiguous()) {
@@ -707,13 +683,14 @@ fn push_outcome(
     }
 }
 
-/// The fast path ([`fast`]): when `bytes` match the compiled baseline, fill `r` as the full path would (read, the
-/// snapshot, the rules' findings) and return `true`; `false` leaves `r` untouched for the full path.
+/// The fast path ([`fast`]) for a body that matched `f`'s compiled baseline: fill `r` as the full path would (read,
+/// the snapshot, the rules' findings, the baseline, the input key from the body's identity, the context and the
+/// validators in `key`) and return `true`; `false` leaves `r` untouched for the full path.
 #[allow(clippy::too_many_arguments)]
 fn matched(
     r: &mut TargetResult,
-    compiled: &fast::Compiled,
-    values: Vec<String>,
+    f: &Fast<'_>,
+    key: ([u8; 32], Option<[u8; 32]>, &Validators),
     raw_len: usize,
     plan: &Plan,
     node: &Node,
@@ -722,7 +699,8 @@ fn matched(
     ctx: &Context,
     previous: Option<&Option<String>>,
 ) -> bool {
-    let values = compiled.redacted_values(values, ctx.redactor.as_deref());
+    let compiled = &f.compiled;
+    let values = compiled.redacted_values(f.values.values.clone(), ctx.redactor.as_deref());
     let slots = fast::Compiled::slot_texts(&values);
     let Some(hash) = compiled.text.hash_filled(&slots) else {
         return false;
@@ -760,6 +738,14 @@ fn matched(
         let outcome = rule.evaluate(&input, cel);
         push_outcome(r, rule, outcome, node, cfg, now);
     }
+    let (body, context, validators) = key;
+    r.baseline = Some((f.scope, f.file.path.clone()));
+    r.input = context.map(|context| InputMemo {
+        body,
+        context,
+        validators: validators.clone(),
+        unified: String::new(),
+    });
     true
 }
 
