@@ -482,10 +482,7 @@ impl Compiled {
                     .clone()
             })
             .collect();
-        let quoted: Vec<String> = values
-            .iter()
-            .map(|v| serde_json::to_string(v).unwrap_or_default())
-            .collect();
+        let quoted: Vec<String> = values.iter().map(|v| json_string(v)).collect();
         self.matches(&layout.render(&quoted), &values)
     }
 

@@ -237,21 +237,6 @@ pub fn observations(records: &HashMap<String, Record>) -> HashMap<(String, Strin
     out
 }
 
-/// The stored input key of `target` when a warm result is possible: the caller does not need the document, the
-/// context is known and equal to the stored one, and the last snapshot is known.
-pub fn reusable<'a>(
-    ctx: &'a Context,
-    target: &(String, String),
-    context: Option<[u8; 32]>,
-    keep_document: bool,
-) -> Option<&'a InputMemo> {
-    let key = context?;
-    if keep_document || !matches!(ctx.previous.get(target), Some(Some(_))) {
-        return None;
-    }
-    ctx.inputs.get(target).filter(|m| m.context == key)
-}
-
 /// What is known of a target before its fetch: the context half of its input key, its stored input key when a warm
 /// result is possible, and (plain JSON against a baseline the fast path compiles) the compiled baseline, the node's
 /// slot values and the byte layouts learned so far, which the fetch can expect.
@@ -295,8 +280,8 @@ impl<'p> Known<'p> {
             .and_then(|d| d.context_with(plan, cfg, node, resolved.map(|(_, f)| f)));
         let target = (node.name.clone(), cfg.name.clone());
         let previous = ctx.previous.get(&target);
-        // As [`reusable`]: a warm result needs the document not to be wanted, a known context equal to the stored
-        // one, and a last snapshot.
+        // The stored input key, when a warm result is possible: the document is not wanted, the context is known
+        // and equal to the stored one, and the last snapshot is known.
         let memo = match context {
             Some(key) if !keep_document && matches!(previous, Some(Some(_))) => {
                 ctx.inputs.get(&target).filter(|m| m.context == key)
