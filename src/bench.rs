@@ -74,9 +74,10 @@ pub struct BenchResult {
     pub warm_cpu_ms: u64,
 }
 
-fn median_u64(mut v: Vec<u64>) -> u64 {
+/// The middle value (the upper one of an even count); the default of an empty list.
+fn median<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
     v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 /// A directory removed when dropped.
@@ -666,10 +667,6 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
     if raws.iter().any(|r| r.1 > 0) || cold.unreadable > 0 {
         say("warning: some fetches failed; the figures are not comparable");
     }
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
     let raw = median(raws.iter().map(|r| r.0).collect());
     let warm = median(warms);
     let per_s = |d: Duration| n as f64 / d.as_secs_f64();
@@ -687,8 +684,8 @@ pub async fn run(opts: &BenchOptions, say: &dyn Fn(&str)) -> Result<BenchResult,
         warm_ratio: round(raw.as_secs_f64() / warm.as_secs_f64(), 3),
         peak_rss_bytes: peak_rss_bytes(),
         rss_before_scans_bytes: before_scans,
-        raw_cpu_ms: median_u64(raw_cpu),
-        warm_cpu_ms: median_u64(warm_cpu),
+        raw_cpu_ms: median(raw_cpu),
+        warm_cpu_ms: median(warm_cpu),
     };
     say(&format!(
         "medians: raw {:.1} ms, warm {:.1} ms; cold / raw rate: {:.3}   warm / raw rate: {:.3}   peak RSS: {:.1} MB",
