@@ -332,16 +332,17 @@ fn fast(c: &mut Criterion) {
         };
         let compiled = Compiled::new(&file, None, &set, "app", &node).expect("compiles");
         let values = compiled.prepare(&node).expect("the node fills its slots");
-        assert!(compiled.matches(&body, &values.values), "the body matches");
+        let plain = compiled.values(&node).expect("the node fills its slots");
+        assert!(compiled.matches(&body, &plain), "the body matches");
         assert!(
-            compiled.matches_learning(&body, &values),
+            compiled.matches_learning(&body, &plain, &values),
             "and its layout is learned"
         );
         let chunks = plumb::collect::Body::from(body.clone());
         assert!(compiled.fit(&chunks, &values).is_some(), "the layout fits");
         g.throughput(Throughput::BytesDecimal(body.len() as u64));
         g.bench_function(BenchmarkId::new("match-parse", label), |b| {
-            b.iter(|| compiled.matches(black_box(&body), &values.values))
+            b.iter(|| compiled.matches(black_box(&body), &plain))
         });
         g.bench_function(BenchmarkId::new("match-layout", label), |b| {
             b.iter(|| compiled.fit(black_box(&chunks), &values))

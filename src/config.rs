@@ -442,6 +442,8 @@ pub struct Plan {
 #[derive(Debug, Default)]
 pub struct Scratch {
     compiled: std::sync::Mutex<Option<([u8; 32], std::sync::Arc<crate::classify::fast::Cache>)>>,
+    /// The last scan's input digests, with the target context digests they computed.
+    digests: std::sync::Mutex<Option<std::sync::Arc<crate::classify::InputDigests>>>,
 }
 
 impl Clone for Scratch {
@@ -451,6 +453,25 @@ impl Clone for Scratch {
 }
 
 impl Scratch {
+    /// The input digests for a scan: the kept ones when `fresh` has the same inputs (with the target context
+    /// digests they computed), else `fresh`, kept for the next scan.
+    pub fn digests(
+        &self,
+        fresh: crate::classify::InputDigests,
+    ) -> std::sync::Arc<crate::classify::InputDigests> {
+        let Ok(mut kept) = self.digests.lock() else {
+            return std::sync::Arc::new(fresh);
+        };
+        match &*kept {
+            Some(k) if **k == fresh => k.clone(),
+            _ => {
+                let fresh = std::sync::Arc::new(fresh);
+                *kept = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
+
     /// The compiled baselines for a scan whose redactor has id `redactor` (another key starts them anew).
     pub fn compiled(&self, redactor: [u8; 32]) -> std::sync::Arc<crate::classify::fast::Cache> {
         let Ok(mut kept) = self.compiled.lock() else {
@@ -467,7 +488,25 @@ impl Scratch {
     }
 }
 
+/// The index of `x` in `v` when `x` is one of its elements (by address), else `None`.
+fn index_in<T>(v: &[T], x: &T) -> Option<usize> {
+    let size = std::mem::size_of::<T>().max(1);
+    let offset = std::ptr::from_ref(x)
+        .addr()
+        .checked_sub(v.as_ptr().addr())?;
+    let i = offset / size;
+    v.get(i).filter(|y| std::ptr::eq(*y, x)).map(|_| i)
+}
+
 impl Plan {
+    /// The place of (node, config) among this plan's targets (node-major), when both are this plan's own (by
+    /// address; a copy of either is not): a key for what is kept per target ([`Scratch`]).
+    pub fn target_index(&self, node: &Node, cfg: &ConfigPlan) -> Option<usize> {
+        let n = index_in(&self.nodes, node)?;
+        let c = index_in(&self.configs, cfg)?;
+        Some(n * self.configs.len() + c)
+    }
+
     /// The configs node `node` carries.
     pub fn configs_for<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = &'a ConfigPlan> + 'a {
         self.configs

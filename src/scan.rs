@@ -264,7 +264,10 @@ pub fn prepare(
         // Moved, not copied: only the scan reads the input keys.
         inputs: Arc::new(std::mem::take(&mut memory.last_input)),
         observed: Arc::new(classify::observations(&memory.records)),
-        digests: Some(Arc::new(classify::InputDigests::new(plan, &versions))),
+        digests: Some(
+            plan.scratch
+                .digests(classify::InputDigests::new(plan, &versions)),
+        ),
         fast,
     };
     opts.spool = store.spool(now).map(Arc::new);

@@ -103,7 +103,7 @@ impl Expected {
         let candidates: Vec<Vec<&[u8]>> = self
             .layouts
             .iter()
-            .filter_map(|l| l.parts(&node.quoted).map(Iterator::collect))
+            .filter_map(|l| l.parts(node).map(Iterator::collect))
             .collect();
         (!candidates.is_empty()).then(|| crate::collect::Expect::new(candidates))
     }
@@ -112,27 +112,70 @@ impl Expected {
     fn layout(&self, i: usize, node: &NodeValues) -> Option<&Layout> {
         self.layouts
             .iter()
-            .filter(|l| l.parts(&node.quoted).is_some())
+            .filter(|l| l.parts(node).is_some())
             .nth(i)
             .map(|l| &**l)
     }
 
     /// The identity of the body that was candidate `i` (as [`Compiled::fit`] gives it).
     pub fn identity(&self, i: usize, node: &NodeValues) -> Option<[u8; 32]> {
-        self.layout(i, node).map(|l| l.body_id(&node.quoted))
+        self.layout(i, node).map(|l| l.body_id(node))
     }
 
     /// The body that was candidate `i`, byte for byte.
     pub fn render(&self, i: usize, node: &NodeValues) -> Option<Vec<u8>> {
-        self.layout(i, node).map(|l| l.render(&node.quoted))
+        self.layout(i, node).map(|l| l.render(node))
     }
 }
 
-/// A node's slot values: as substituted, and as JSON text.
+/// A node's slot values as JSON text (`"…"`), in one buffer: two allocations per node rather than one per value,
+/// since a fleet scan prepares one set per target before its fetch. The values as substituted are asked of
+/// [`Compiled::values`] where a slow path needs them.
 #[derive(Debug)]
 pub struct NodeValues {
-    pub values: Vec<String>,
-    quoted: Vec<String>,
+    /// Every slot's JSON text, one after another.
+    text: String,
+    /// Where each slot's text ends in `text`.
+    ends: Vec<u32>,
+}
+
+impl NodeValues {
+    /// The values of `values` quoted, as a node's slots (`None` past 4 GiB).
+    fn quote<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<NodeValues> {
+        let values = values.into_iter();
+        let mut out = NodeValues {
+            text: String::new(),
+            ends: Vec::with_capacity(values.size_hint().0),
+        };
+        for v in values {
+            out.push(v)?;
+        }
+        Some(out)
+    }
+
+    /// Append one value, quoted.
+    fn push(&mut self, v: &str) -> Option<()> {
+        json_string_into(v, &mut self.text);
+        self.ends.push(u32::try_from(self.text.len()).ok()?);
+        Some(())
+    }
+
+    /// How many slots.
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Slot `i`'s JSON text.
+    fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)? as usize;
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        self.text.get(start..end)
+    }
+
+    /// Every slot's JSON text, in order.
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
 }
 
 impl Layout {
@@ -154,18 +197,22 @@ impl Layout {
 
     /// The bytes this layout gives for `quoted` (each slot's value as JSON), one part after another; `None` when a
     /// gap names a slot `quoted` does not have.
-    fn parts<'a>(&'a self, quoted: &'a [String]) -> Option<impl Iterator<Item = &'a [u8]>> {
+    fn parts<'a>(&'a self, quoted: &'a NodeValues) -> Option<impl Iterator<Item = &'a [u8]>> {
         if self.gaps.iter().any(|&g| g >= quoted.len()) {
             return None;
         }
         Some(self.pieces.iter().enumerate().flat_map(|(i, piece)| {
-            let gap = self.gaps.get(i).map(|&g| quoted[g].as_bytes());
+            let gap = self
+                .gaps
+                .get(i)
+                .and_then(|&g| quoted.get(g))
+                .map(str::as_bytes);
             std::iter::once(&piece[..]).chain(gap)
         }))
     }
 
     /// Whether `body` is this layout with `quoted` in the gaps.
-    fn fits(&self, body: &Body, quoted: &[String]) -> bool {
+    fn fits(&self, body: &Body, quoted: &NodeValues) -> bool {
         self.parts(quoted)
             .is_some_and(|parts| body.equals_concat(parts))
     }
@@ -173,13 +220,13 @@ impl Layout {
     /// The layout of `body`, which matched with `quoted` slot values: each slot token found by its JSON text.
     /// `None` when the tokens cannot be told apart (two placeholders with one value, a value also spelled
     /// elsewhere, a value escaped another way): then the body is only ever compared by parsing.
-    fn learn(body: &[u8], slots: &[String], quoted: &[String]) -> Option<Layout> {
+    fn learn(body: &[u8], slots: &[String], quoted: &NodeValues) -> Option<Layout> {
         // One group per placeholder string: its slots, its JSON text.
         let mut groups: HashMap<&str, (usize, usize)> = HashMap::new();
         let mut texts: HashMap<&str, &str> = HashMap::new();
-        for (i, (s, q)) in slots.iter().zip(quoted).enumerate() {
-            groups.entry(q.as_str()).or_insert((i, 0)).1 += 1;
-            if *texts.entry(q.as_str()).or_insert(s.as_str()) != s.as_str() {
+        for (i, (s, q)) in slots.iter().zip(quoted.iter()).enumerate() {
+            groups.entry(q).or_insert((i, 0)).1 += 1;
+            if *texts.entry(q).or_insert(s.as_str()) != s.as_str() {
                 return None;
             }
         }
@@ -209,14 +256,14 @@ impl Layout {
     }
 
     /// The identity of the body this layout gives for `quoted` (see [`Compiled::fit`]).
-    fn body_id(&self, quoted: &[String]) -> [u8; 32] {
+    fn body_id(&self, quoted: &NodeValues) -> [u8; 32] {
         static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
         let key = KEY
             .get_or_init(|| blake3::derive_key("plumb 2026-11 body identity by byte layout", b""));
         // Written out, then hashed at once (the bytes a streaming hasher would be given).
-        let mut buf = Vec::with_capacity(32 + quoted.iter().map(|q| q.len() + 8).sum::<usize>());
+        let mut buf = Vec::with_capacity(32 + quoted.text.len() + 8 * quoted.len());
         buf.extend_from_slice(&self.id);
-        for q in quoted {
+        for q in quoted.iter() {
             buf.extend_from_slice(&(q.len() as u64).to_le_bytes());
             buf.extend_from_slice(q.as_bytes());
         }
@@ -224,7 +271,7 @@ impl Layout {
     }
 
     /// The body this layout gives for `quoted` (empty when they do not fit its gaps).
-    fn render(&self, quoted: &[String]) -> Vec<u8> {
+    fn render(&self, quoted: &NodeValues) -> Vec<u8> {
         self.parts(quoted)
             .map(|parts| parts.collect::<Vec<_>>().concat())
             .unwrap_or_default()
@@ -232,15 +279,23 @@ impl Layout {
 }
 
 /// `v` as a JSON string, as serde_json prints it: quoted, and escaped only where it must be.
+#[cfg(test)]
 fn json_string(v: &str) -> String {
-    if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        return serde_json::to_string(v).unwrap_or_default();
-    }
     let mut q = String::with_capacity(v.len() + 2);
-    q.push('"');
-    q.push_str(v);
-    q.push('"');
+    json_string_into(v, &mut q);
     q
+}
+
+/// [`json_string`], appended to `out`.
+fn json_string_into(v: &str, out: &mut String) {
+    if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&serde_json::to_string(v).unwrap_or_default());
+        return;
+    }
+    out.reserve(v.len() + 2);
+    out.push('"');
+    out.push_str(v);
+    out.push('"');
 }
 
 /// The JSON text `"\u0000plumb-slot\u0000"` marks a slot in the printed baseline.
@@ -409,9 +464,14 @@ impl Compiled {
 
     /// One node's slot values, substituted and as JSON; `None` when a placeholder cannot be filled.
     pub fn prepare(&self, node: &Node) -> Option<NodeValues> {
-        let values = self.values(node)?;
-        let quoted = values.iter().map(|v| json_string(v)).collect();
-        Some(NodeValues { values, quoted })
+        let mut out = NodeValues {
+            text: String::with_capacity(self.slots.iter().map(|s| s.len() + 2).sum()),
+            ends: Vec::with_capacity(self.slots.len()),
+        };
+        for s in &self.slots {
+            out.push(&substitute(s, node).ok()?)?;
+        }
+        Some(out)
     }
 
     /// When a learned layout fits `bytes` with the node's values (a byte comparison), the body's identity for the
@@ -419,8 +479,8 @@ impl Compiled {
     /// the body, which it spares; the two are domain-separated).
     pub fn fit(&self, bytes: &Body, node: &NodeValues) -> Option<[u8; 32]> {
         let layouts = self.layouts.read().ok()?;
-        let layout = layouts.iter().find(|l| l.fits(bytes, &node.quoted))?;
-        Some(layout.body_id(&node.quoted))
+        let layout = layouts.iter().find(|l| l.fits(bytes, node))?;
+        Some(layout.body_id(node))
     }
 
     /// The body's identity as [`Compiled::fit`] gives it, for a body no layout of this scan fits yet: when the last
@@ -428,8 +488,8 @@ impl Compiled {
     /// for byte the one the last scan checked against that layout, so the layout is as sound as it was then and is
     /// kept for the nodes after. `None` otherwise (the body has changed, or was never known by a layout).
     pub fn relearn(&self, bytes: &Body, node: &NodeValues, last: &[u8; 32]) -> Option<[u8; 32]> {
-        let layout = Layout::learn(&bytes.contiguous(), &self.slots, &node.quoted)?;
-        let id = layout.body_id(&node.quoted);
+        let layout = Layout::learn(&bytes.contiguous(), &self.slots, node)?;
+        let id = layout.body_id(node);
         if id != *last {
             return None;
         }
@@ -451,12 +511,12 @@ impl Compiled {
 
     /// Whether `bytes` matches (see [`Compiled::matches`]) with the node's values, by parsing; a matching body's
     /// layout is then learned for the nodes after it.
-    pub fn matches_learning(&self, bytes: &[u8], node: &NodeValues) -> bool {
-        if !self.matches(bytes, &node.values) {
+    pub fn matches_learning(&self, bytes: &[u8], values: &[String], node: &NodeValues) -> bool {
+        if !self.matches(bytes, values) {
             return false;
         }
         if self.layouts.read().is_ok_and(|l| l.len() < MAX_LAYOUTS)
-            && let Some(layout) = Layout::learn(bytes, &self.slots, &node.quoted)
+            && let Some(layout) = Layout::learn(bytes, &self.slots, node)
             && self.sound(&layout)
             && let Ok(mut l) = self.layouts.write()
             && l.len() < MAX_LAYOUTS
@@ -482,8 +542,8 @@ impl Compiled {
                     .clone()
             })
             .collect();
-        let quoted: Vec<String> = values.iter().map(|v| json_string(v)).collect();
-        self.matches(&layout.render(&quoted), &values)
+        NodeValues::quote(values.iter().map(String::as_str))
+            .is_some_and(|quoted| self.matches(&layout.render(&quoted), &values))
     }
 
     /// How `rule` goes on a matching node (`Filled` for a rule this baseline was not compiled with).
@@ -495,7 +555,7 @@ impl Compiled {
     }
 
     /// The node's value of every slot, substituted; `None` when a placeholder cannot be filled.
-    fn values(&self, node: &Node) -> Option<Vec<String>> {
+    pub fn values(&self, node: &Node) -> Option<Vec<String>> {
         self.slots
             .iter()
             .map(|s| substitute(s, node).ok().map(|c| c.into_owned()))

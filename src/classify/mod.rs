@@ -50,9 +50,14 @@ pub struct TargetResult {
 impl TargetResult {
     /// A result that says nothing yet about `node`'s `cfg`.
     pub fn nothing(node: &Node, cfg: &ConfigPlan) -> TargetResult {
+        TargetResult::nothing_named(node.name.clone(), cfg.name.clone())
+    }
+
+    /// [`TargetResult::nothing`] for the target named `node`, `config`.
+    fn nothing_named(node: String, config: String) -> TargetResult {
         TargetResult {
-            node: node.name.clone(),
-            config: cfg.name.clone(),
+            node,
+            config,
             read: false,
             findings: Vec::new(),
             unified: String::new(),
@@ -84,12 +89,28 @@ pub struct InputMemo {
 /// Digests of what shapes an evaluation besides the fetched body, computed once per scan: per config its
 /// normalize/compare settings with `[redact]` and plumb's version, per baseline file its content and its superseded
 /// versions (regressions by value look at those).
-#[derive(Debug, Clone, Default)]
+///
+/// A set also keeps each target's context digest once computed, by the target's place in the plan it was made
+/// for ([`Plan::target_index`]): a daemon keeps the set for as long as its inputs stay the same
+/// ([`crate::config::Scratch::digests`]), so a warm scan does not hash each node's context again.
+#[derive(Debug, Default)]
 pub struct InputDigests {
     configs: HashMap<String, [u8; 32]>,
     baselines: HashMap<PathBuf, [u8; 32]>,
     /// Per config: the digest of its rules that apply to every node, and the indices of those with a selector.
     rules: HashMap<String, ([u8; 32], Vec<usize>)>,
+    /// Each target's context digest once computed (`None` inside: not known to this set), by target index.
+    contexts: Box<[std::sync::OnceLock<Option<[u8; 32]>>]>,
+}
+
+impl PartialEq for InputDigests {
+    /// The same inputs (what each target's context is made of); the targets' kept digests follow from them.
+    fn eq(&self, other: &InputDigests) -> bool {
+        self.configs == other.configs
+            && self.baselines == other.baselines
+            && self.rules == other.rules
+            && self.contexts.len() == other.contexts.len()
+    }
 }
 
 /// Hash length-prefixed parts, so that field boundaries count.
@@ -150,6 +171,9 @@ impl InputDigests {
             configs,
             baselines,
             rules,
+            contexts: (0..plan.nodes.len() * plan.configs.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         }
     }
 
@@ -165,8 +189,26 @@ impl InputDigests {
         self.context_with(plan, cfg, node, resolved.map(|(_, f)| f))
     }
 
-    /// [`InputDigests::context`] with the baseline file that applies (`resolved`) already looked up.
+    /// [`InputDigests::context`] with the baseline file that applies (`resolved`, a function of the plan and the
+    /// node) already looked up; kept per target when `plan` is the plan this set was made for.
     fn context_with(
+        &self,
+        plan: &Plan,
+        cfg: &ConfigPlan,
+        node: &Node,
+        resolved: Option<&crate::baseline::BaselineFile>,
+    ) -> Option<[u8; 32]> {
+        match plan
+            .target_index(node, cfg)
+            .filter(|_| self.contexts.len() == plan.nodes.len() * plan.configs.len())
+            .and_then(|i| self.contexts.get(i))
+        {
+            Some(kept) => *kept.get_or_init(|| self.compute_context(plan, cfg, node, resolved)),
+            None => self.compute_context(plan, cfg, node, resolved),
+        }
+    }
+
+    fn compute_context(
         &self,
         plan: &Plan,
         cfg: &ConfigPlan,
@@ -244,8 +286,10 @@ pub struct Known<'p> {
     pub context: Option<[u8; 32]>,
     memo: Option<&'p InputMemo>,
     fast: Option<Fast<'p>>,
-    /// (node, config), the key of every per-target map.
+    /// (node, config), the key of every per-target map, then the result's own.
     target: (String, String),
+    /// The findings the target's last evaluation observed (what a warm result repeats).
+    observed: Option<&'p Vec<Finding>>,
     /// The baseline file that applies, if any.
     resolved: Option<(Scope, &'p crate::baseline::BaselineFile)>,
     /// The last snapshot hash: `None` never scanned, `Some(None)` scanned but not read.
@@ -280,6 +324,7 @@ impl<'p> Known<'p> {
             .and_then(|d| d.context_with(plan, cfg, node, resolved.map(|(_, f)| f)));
         let target = (node.name.clone(), cfg.name.clone());
         let previous = ctx.previous.get(&target);
+        let observed = ctx.observed.get(&target);
         // The stored input key, when a warm result is possible: the document is not wanted, the context is known
         // and equal to the stored one, and the last snapshot is known.
         let memo = match context {
@@ -313,6 +358,7 @@ impl<'p> Known<'p> {
             memo,
             fast,
             target,
+            observed,
             resolved,
             previous,
         }
@@ -362,15 +408,17 @@ pub fn evaluate_fetched(
     ctx: &Context,
     known: Known<'_>,
 ) -> TargetResult {
-    let mut r = TargetResult::nothing(node, cfg);
     let Known {
         context,
         memo,
         fast,
         target,
+        observed,
         resolved,
         previous,
     } = known;
+    // The names the lookups were keyed by become the result's own.
+    let mut r = TargetResult::nothing_named(target.0, target.1);
     let (bytes, validators) = match fetched {
         Ok(Fetched::Body { bytes, validators }) => (Ok(bytes), validators),
         Ok(Fetched::AsExpected {
@@ -397,7 +445,7 @@ pub fn evaluate_fetched(
             if let Some(m) = memo
                 && m.body == body
             {
-                return warm(now, ctx, &target, r, m, validators, resolved, previous);
+                return warm(now, observed, r, m, validators, resolved, previous);
             }
             let key = (body, context, &validators);
             if matched(&mut r, f, key, len, plan, node, cfg, now, ctx, previous) {
@@ -412,7 +460,7 @@ pub fn evaluate_fetched(
             (Ok(bytes), validators)
         }
         Ok(Fetched::NotModified { validators }) => match memo {
-            Some(m) => return warm(now, ctx, &target, r, m, validators, resolved, previous),
+            Some(m) => return warm(now, observed, r, m, validators, resolved, previous),
             // Only asked conditionally with a usable key; a 304 without one tells nothing.
             None => (
                 Err(
@@ -445,13 +493,17 @@ pub fn evaluate_fetched(
             body = id;
         }
         if m.body == body {
-            return warm(now, ctx, &target, r, m, validators, resolved, previous);
+            return warm(now, observed, r, m, validators, resolved, previous);
         }
     }
     // A JSON body equal to its baseline: recognized by bytes or while parsed, its results taken from the compiled
     // baseline (the fast path, `fast.rs`).
     if let Some(f) = &fast
-        && (fitted.is_some() || f.compiled.matches_learning(&bytes.contiguous(), &f.values))
+        && (fitted.is_some()
+            || f.compiled.values(node).is_some_and(|values| {
+                f.compiled
+                    .matches_learning(&bytes.contiguous(), &values, &f.values)
+            }))
         && {
             // Matched by parsing: the identity the next scan finds is by the layout just learned, if any.
             if fitted.is_none()
@@ -514,8 +566,9 @@ pub fn evaluate_fetched(
         // The node's redacted baseline, from the compiled one: its values filled into a copy.
         let values = f
             .compiled
-            .redacted_values(f.values.values.clone(), ctx.redactor.as_deref());
-        Some((f.scope, f.file, f.compiled.filled(&values)))
+            .values(node)
+            .map(|v| f.compiled.redacted_values(v, ctx.redactor.as_deref()));
+        values.map(|v| (f.scope, f.file, f.compiled.filled(&v)))
     } else {
         let mut b = plan.baselines.for_node(&cfg.name, node);
         if let (Some(red), Some((_, _, doc))) = (&ctx.redactor, b.as_mut()) {
@@ -685,7 +738,10 @@ fn matched(
     previous: Option<&Option<String>>,
 ) -> bool {
     let compiled = &f.compiled;
-    let values = compiled.redacted_values(f.values.values.clone(), ctx.redactor.as_deref());
+    let Some(values) = compiled.values(node) else {
+        return false;
+    };
+    let values = compiled.redacted_values(values, ctx.redactor.as_deref());
     let slots = fast::Compiled::slot_texts(&values);
     let Some(hash) = compiled.text.hash_filled(&slots) else {
         return false;
@@ -738,8 +794,7 @@ fn matched(
 #[allow(clippy::too_many_arguments)]
 fn warm(
     now: &str,
-    ctx: &Context,
-    target: &(String, String),
+    observed: Option<&Vec<Finding>>,
     mut r: TargetResult,
     memo: &InputMemo,
     validators: Validators,
@@ -748,9 +803,7 @@ fn warm(
 ) -> TargetResult {
     r.read = true;
     r.unchanged = true;
-    r.findings = ctx
-        .observed
-        .get(target)
+    r.findings = observed
         .map(|list| {
             list.iter()
                 .cloned()
@@ -982,6 +1035,48 @@ mod tests {
         let mut plan = plan;
         plan.baselines.configs.clear();
         assert_ne!(k, key(&plan));
+    }
+
+    #[test]
+    fn a_plan_keeps_its_digests_and_their_context_keys_while_its_inputs_stay() {
+        let (_d, plan) = project(&[]);
+        let versions = plan.baselines.versions(&plan.root, None);
+        let (node, cfg) = (&plan.nodes[0], &plan.configs[0]);
+        assert_eq!(plan.target_index(node, cfg), Some(0));
+        // A copy is not the plan's own: computed, not kept.
+        let copy = node.clone();
+        assert_eq!(plan.target_index(&copy, cfg), None);
+        let first = plan.scratch.digests(InputDigests::new(&plan, &versions));
+        let k = first.context(&plan, cfg, node).unwrap();
+        assert_eq!(
+            first.contexts[0].get(),
+            Some(&Some(k)),
+            "kept once computed"
+        );
+        assert_eq!(first.context(&plan, cfg, &copy), Some(k));
+        let again = plan.scratch.digests(InputDigests::new(&plan, &versions));
+        assert!(Arc::ptr_eq(&first, &again), "the same inputs: the kept set");
+        assert_eq!(again.context(&plan, cfg, node), Some(k));
+        // Other inputs (a superseded version): a new set, and a new key.
+        let mut more = versions.clone();
+        let mut old = more[0].clone();
+        old.hash = "older".into();
+        old.superseded_at = Some("2026-01-01T00:00:00Z".into());
+        more.push(old);
+        let other = plan.scratch.digests(InputDigests::new(&plan, &more));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert!(other.contexts[0].get().is_none());
+        assert_ne!(other.context(&plan, cfg, node), Some(k));
+        // A kept digest is the one computed afresh.
+        assert_eq!(
+            InputDigests::new(&plan, &more).compute_context(
+                &plan,
+                cfg,
+                node,
+                plan.baselines.configs[&cfg.name].resolve(node).map(|r| r.1)
+            ),
+            other.context(&plan, cfg, node)
+        );
     }
 
     #[test]
