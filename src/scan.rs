@@ -256,13 +256,12 @@ pub fn prepare(
         .into_iter()
         .map(|(n, c)| (plan.nodes[n].name.clone(), plan.configs[c].name.clone()))
         .collect::<Vec<_>>();
-    let mut memory = store.load(&targets)?;
+    let memory = store.load(&targets)?;
     opts.context = classify::Context {
         redactor: Some(Arc::new(redactor)),
         previous: memory.last_hash.clone(),
         history: Arc::new(BaselineHistory::from_versions(&plan.root, &versions)),
-        // Moved, not copied: only the scan reads the input keys.
-        inputs: Arc::new(std::mem::take(&mut memory.last_input)),
+        inputs: memory.last_input.clone(),
         observed: Arc::new(classify::observations(&memory.records)),
         digests: Some(
             plan.scratch

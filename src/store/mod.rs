@@ -39,9 +39,9 @@ pub struct Memory {
     pub acks: HashMap<String, Ack>,
     /// The notification log, by (route, sink, fingerprint).
     pub notify_log: HashMap<(String, String, String), crate::notify::plan::LogEntry>,
-    /// What produced each target's last findings (the warm-scan key), with the node's validators.
-    /// [`crate::scan::prepare`] moves it into the scan's context (it is empty in the memory it returns).
-    pub last_input: HashMap<Target, crate::classify::InputMemo>,
+    /// What produced each target's last findings (the warm-scan key), with the node's validators; shared with
+    /// the scan's context, not copied.
+    pub last_input: std::sync::Arc<HashMap<Target, crate::classify::InputMemo>>,
 }
 
 impl Memory {

@@ -117,6 +117,70 @@ fn stored_text(content: String, segments: Option<String>) -> Result<String, Stri
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// The `targets` table as this connection last read or wrote it (see [`Kept`]).
+    kept: Option<Kept>,
+}
+
+/// The `targets` table kept in memory between scans, so that a daemon's warm scan does not read 10,000 rows
+/// again: valid while the table's generation (`meta.targets_generation`, which every commit that writes the
+/// table raises by one in the same transaction) is the one kept. Another process's commit raises it too, and the
+/// next load reads the table afresh.
+#[derive(Debug)]
+struct Kept {
+    generation: i64,
+    last_hash: std::sync::Arc<std::collections::HashMap<Target, Option<String>>>,
+    last_input: std::sync::Arc<std::collections::HashMap<Target, crate::classify::InputMemo>>,
+    /// This connection's writes since, applied at the next load (when the last scan's copies are gone, so they
+    /// are applied in place rather than to a copy).
+    pending: Vec<Change>,
+}
+
+/// One write to the `targets` table, as [`Kept`] replays it.
+#[derive(Debug)]
+enum Change {
+    Hash(Target, String),
+    New(Target),
+    Input(Target, Option<crate::classify::InputMemo>),
+}
+
+impl Kept {
+    fn apply(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let hashes = std::sync::Arc::make_mut(&mut self.last_hash);
+        let inputs = std::sync::Arc::make_mut(&mut self.last_input);
+        for c in self.pending.drain(..) {
+            match c {
+                Change::Hash(t, h) => {
+                    hashes.insert(t, Some(h));
+                }
+                Change::New(t) => {
+                    hashes.entry(t).or_insert(None);
+                }
+                // The UPDATE touches only a row that exists.
+                Change::Input(t, i) => {
+                    if hashes.contains_key(&t) {
+                        match i {
+                            Some(i) => inputs.insert(t, i),
+                            None => inputs.remove(&t),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `targets` table's generation as `conn` sees it (0 before any commit wrote it).
+fn targets_generation(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'targets_generation'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
 }
 
 impl SqliteStore {
@@ -134,6 +198,7 @@ impl SqliteStore {
         let mut s = SqliteStore {
             conn,
             path: path.to_path_buf(),
+            kept: None,
         };
         s.setup()?;
         Ok(s)
@@ -145,6 +210,7 @@ impl SqliteStore {
         let mut s = SqliteStore {
             conn,
             path: PathBuf::from(":memory:"),
+            kept: None,
         };
         s.setup()?;
         Ok(s)
@@ -307,6 +373,78 @@ fn unwritable(path: &Path) -> Option<String> {
     Some(format!("cannot write in {}: {why}", dir.display()))
 }
 
+impl SqliteStore {
+    /// Read the `targets` table into `mem` (the wanted targets' rows), at `generation`.
+    fn read_targets(
+        &mut self,
+        mem: &mut Memory,
+        wanted: &std::collections::HashSet<&Target>,
+        generation: i64,
+    ) -> Result<(), StoreError> {
+        let rows_read = {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT node, config, hash, input_body, input_context, etag, last_modified, unified \
+                     FROM targets",
+                )
+                .map_err(|e| err(&self.path, e))?;
+            // A 32-byte blob read in place (no vector per row); anything else is no key.
+            let key32 = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<Option<[u8; 32]>> {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Blob(b) => <[u8; 32]>::try_from(b).ok(),
+                    _ => None,
+                })
+            };
+            let rows = st
+                .query_map([], |r| {
+                    let input = match (key32(r, 3)?, key32(r, 4)?) {
+                        (Some(body), Some(context)) => Some(crate::classify::InputMemo {
+                            body,
+                            context,
+                            validators: crate::collect::Validators {
+                                etag: r.get(5)?,
+                                last_modified: r.get(6)?,
+                            },
+                            unified: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                        }),
+                        _ => None,
+                    };
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                        r.get::<_, Option<String>>(2)?,
+                        input,
+                    ))
+                })
+                .map_err(|e| err(&self.path, e))?;
+            let mut last_hash = std::collections::HashMap::with_capacity(wanted.len());
+            let mut rows_read = 0usize;
+            let mut last_input = std::collections::HashMap::with_capacity(wanted.len());
+            for row in rows {
+                rows_read += 1;
+                let (t, h, input) = row.map_err(|e| err(&self.path, e))?;
+                if wanted.contains(&t) {
+                    if let Some(i) = input {
+                        last_input.insert(t.clone(), i);
+                    }
+                    last_hash.insert(t, h);
+                }
+            }
+            mem.last_hash = std::sync::Arc::new(last_hash);
+            mem.last_input = std::sync::Arc::new(last_input);
+            rows_read
+        };
+        // Kept only when it is the whole table (every row was wanted), as the next load will share it.
+        self.kept = (mem.last_hash.len() == rows_read).then(|| Kept {
+            generation,
+            last_hash: mem.last_hash.clone(),
+            last_input: mem.last_input.clone(),
+            pending: Vec::new(),
+        });
+        Ok(())
+    }
+}
+
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(format!("a stored record does not parse: {e}"))
 }
@@ -378,54 +516,15 @@ impl Store for SqliteStore {
     fn load(&mut self, targets: &[Target]) -> Result<Memory, StoreError> {
         let mut mem = Memory::default();
         let wanted: std::collections::HashSet<&Target> = targets.iter().collect();
-        {
-            let mut st = self
-                .conn
-                .prepare(
-                    "SELECT node, config, hash, input_body, input_context, etag, last_modified, unified \
-                     FROM targets",
-                )
-                .map_err(|e| err(&self.path, e))?;
-            // A 32-byte blob read in place (no vector per row); anything else is no key.
-            let key32 = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<Option<[u8; 32]>> {
-                Ok(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Blob(b) => <[u8; 32]>::try_from(b).ok(),
-                    _ => None,
-                })
-            };
-            let rows = st
-                .query_map([], |r| {
-                    let input = match (key32(r, 3)?, key32(r, 4)?) {
-                        (Some(body), Some(context)) => Some(crate::classify::InputMemo {
-                            body,
-                            context,
-                            validators: crate::collect::Validators {
-                                etag: r.get(5)?,
-                                last_modified: r.get(6)?,
-                            },
-                            unified: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                        }),
-                        _ => None,
-                    };
-                    Ok((
-                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                        r.get::<_, Option<String>>(2)?,
-                        input,
-                    ))
-                })
-                .map_err(|e| err(&self.path, e))?;
-            let mut last_hash = std::collections::HashMap::with_capacity(wanted.len());
-            mem.last_input.reserve(wanted.len());
-            for row in rows {
-                let (t, h, input) = row.map_err(|e| err(&self.path, e))?;
-                if wanted.contains(&t) {
-                    if let Some(i) = input {
-                        mem.last_input.insert(t.clone(), i);
-                    }
-                    last_hash.insert(t, h);
-                }
+        let generation = targets_generation(&self.conn).map_err(|e| self.e(e))?;
+        match self.kept.as_mut() {
+            // Kept and still current: shared as a whole (rows of other targets are only never looked up).
+            Some(k) if k.generation == generation => {
+                k.apply();
+                mem.last_hash = k.last_hash.clone();
+                mem.last_input = k.last_input.clone();
             }
-            mem.last_hash = std::sync::Arc::new(last_hash);
+            _ => self.read_targets(&mut mem, &wanted, generation)?,
         }
         {
             let mut st = self
@@ -532,6 +631,15 @@ impl Store for SqliteStore {
         let path = self.path.clone();
         let e = |x| err(&path, x);
         let tx = self.conn.transaction().map_err(e)?;
+        // The `targets` table's next generation, taken first, so that a commit of another process in between
+        // shows (see `Kept`).
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('targets_generation', 1) \
+             ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            [],
+        )
+        .map_err(e)?;
+        let generation = targets_generation(&tx).map_err(e)?;
         tx.execute(
             "INSERT INTO scans (id, started_at, finished_at, nodes_total, nodes_read, nodes_unreadable, findings) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -675,7 +783,32 @@ impl Store for SqliteStore {
                     .map_err(e)?;
             }
         }
-        tx.commit().map_err(e)
+        tx.commit().map_err(e)?;
+        // What the commit wrote into `targets`, for the kept copy, if it was current until this commit.
+        match self.kept.as_mut() {
+            Some(k) if k.generation + 1 == generation => {
+                k.generation = generation;
+                let t = |n: &String, c: &String| (n.clone(), c.clone());
+                k.pending.extend(
+                    scan.snapshots
+                        .iter()
+                        .filter(|s| s.changed)
+                        .map(|s| Change::Hash(t(&s.node, &s.config), s.hash.clone())),
+                );
+                k.pending.extend(
+                    scan.unread_new_targets
+                        .iter()
+                        .map(|(n, c)| Change::New(t(n, c))),
+                );
+                k.pending.extend(
+                    scan.inputs
+                        .iter()
+                        .map(|((n, c), i)| Change::Input(t(n, c), i.clone())),
+                );
+            }
+            _ => self.kept = None,
+        }
+        Ok(())
     }
 
     fn enqueue(&mut self, messages: &[Message], now: &str) -> Result<(), StoreError> {
@@ -1201,6 +1334,84 @@ mod tests {
             .unwrap()
             .is_empty()
         );
+    }
+
+    #[test]
+    fn the_kept_targets_table_follows_this_connections_commits_and_rereads_after_anothers() {
+        use crate::classify::InputMemo;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (mut a, mut b) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        let t = ("n1".to_string(), "c".to_string());
+        let u = ("n2".to_string(), "c".to_string());
+        let both = [t.clone(), u.clone()];
+        let memo = |byte: u8| InputMemo {
+            body: [byte; 32],
+            context: [7; 32],
+            validators: Default::default(),
+            unified: String::new(),
+        };
+        let write = |s: &mut SqliteStore, id: &str, hash: &str, input: Option<InputMemo>| {
+            s.commit(&ScanCommit {
+                scan_id: id.into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+                finished_at: "2026-01-01T00:00:00Z".into(),
+                snapshots: vec![snap(hash, Some(hash))],
+                unread_new_targets: vec![u.clone()],
+                inputs: vec![(t.clone(), input)],
+                ..Default::default()
+            })
+            .unwrap();
+        };
+        assert!(a.load(&both).unwrap().last_hash.is_empty());
+        write(&mut a, "s1", "h1", Some(memo(1)));
+        // Its own commit: replayed on the kept copy, which the next load shares.
+        let m = a.load(&both).unwrap();
+        assert!(a.kept.as_ref().is_some_and(|k| k.pending.is_empty()));
+        assert_eq!(m.last_hash[&t], Some("h1".into()));
+        assert_eq!(m.last_hash[&u], None, "an unread new target is known");
+        assert_eq!(m.last_input[&t], memo(1));
+        let kept = a.kept.as_ref().map(|k| k.last_hash.clone()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&kept, &m.last_hash));
+        drop((m, kept));
+        // Another connection's commit: read again.
+        write(&mut b, "s2", "h2", Some(memo(2)));
+        let m = a.load(&both).unwrap();
+        assert_eq!(m.last_hash[&t], Some("h2".into()));
+        assert_eq!(m.last_input[&t], memo(2));
+        drop(m);
+        // Its own commit that forgets an input key, while the last scan's copy is still held: that copy is left as
+        // it was, the next load has the change.
+        let held = a.load(&both).unwrap();
+        write(&mut a, "s3", "h3", None);
+        let m = a.load(&both).unwrap();
+        assert_eq!(m.last_hash[&t], Some("h3".into()));
+        assert!(!m.last_input.contains_key(&t));
+        assert_eq!(held.last_hash[&t], Some("h2".into()));
+        assert_eq!(held.last_input[&t], memo(2));
+        // The two agree with a fresh read of the file.
+        let fresh = SqliteStore::open(&path).unwrap().load(&both).unwrap();
+        assert_eq!(*fresh.last_hash, *m.last_hash);
+        assert_eq!(*fresh.last_input, *m.last_input);
+        // A commit of another connection between a load and this connection's commit: the kept copy is dropped.
+        drop((m, held));
+        let _ = a.load(&both).unwrap();
+        write(&mut b, "s4", "h4", Some(memo(4)));
+        write(&mut a, "s5", "h5", Some(memo(5)));
+        assert!(a.kept.is_none());
+        let m = a.load(&both).unwrap();
+        assert_eq!(m.last_hash[&t], Some("h5".into()));
+        assert_eq!(m.last_input[&t], memo(5));
+        // Only some targets wanted, read from the file: those rows alone, and nothing kept.
+        let mut c = SqliteStore::open(&path).unwrap();
+        let only = c.load(std::slice::from_ref(&u)).unwrap();
+        assert_eq!(only.last_hash.len(), 1);
+        assert!(c.kept.is_none());
+        assert_eq!(c.load(&both).unwrap().last_hash.len(), 2);
+        assert!(c.kept.is_some());
     }
 
     #[test]
