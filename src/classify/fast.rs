@@ -71,7 +71,40 @@ pub struct Compiled {
     /// By rule id, for the rules of this baseline's config.
     rules: HashMap<String, RuleClass>,
     /// Byte layouts of bodies that matched (see [`Layout`]), at most [`MAX_LAYOUTS`].
-    layouts: std::sync::RwLock<Vec<Arc<Layout>>>,
+    layouts: Layouts,
+}
+
+/// The layouts a baseline learned: each written once, read by every target of every scan after, so that reading
+/// takes no lock and no reference count (both would be writes to memory the two cores share, per target).
+#[derive(Debug, Default)]
+struct Layouts {
+    /// Filled in order: the first empty one ends the list.
+    learned: [std::sync::OnceLock<Layout>; MAX_LAYOUTS],
+    /// Taken to add one, so that a layout is never added twice.
+    adding: std::sync::Mutex<()>,
+}
+
+impl Layouts {
+    fn iter(&self) -> impl Iterator<Item = &Layout> {
+        self.learned.iter().map_while(std::sync::OnceLock::get)
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Add `layout` unless it is known or the list is full.
+    fn add(&self, layout: Layout) {
+        let Ok(_adding) = self.adding.lock() else {
+            return;
+        };
+        if self.iter().any(|x| x.id == layout.id) {
+            return;
+        }
+        if let Some(free) = self.learned.iter().find(|l| l.get().is_none()) {
+            let _ = free.set(layout);
+        }
+    }
 }
 
 /// How many byte layouts a baseline keeps (nodes of different software versions print differently).
@@ -92,16 +125,21 @@ struct Layout {
 
 /// The byte layouts a baseline had learned when a fetch began: filled with a node's values, the bodies that fetch
 /// expects ([`crate::collect::Expect`]); a body that is one of them matches, and its identity is that layout's.
-#[derive(Debug, Default)]
-pub struct Expected {
-    layouts: Vec<Arc<Layout>>,
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'c> {
+    layouts: &'c Layouts,
+    /// How many there were.
+    count: usize,
 }
 
-impl Expected {
+impl<'c> Expected<'c> {
+    fn iter(&self) -> impl Iterator<Item = &'c Layout> {
+        self.layouts.iter().take(self.count)
+    }
+
     /// What a fetch for `node` expects; `None` when no layout is known yet.
     pub fn expect<'a>(&'a self, node: &'a NodeValues) -> Option<crate::collect::Expect<'a>> {
         let candidates: Vec<Vec<&[u8]>> = self
-            .layouts
             .iter()
             .filter_map(|l| l.parts(node).map(Iterator::collect))
             .collect();
@@ -109,12 +147,8 @@ impl Expected {
     }
 
     /// The layout behind candidate `i` of [`Expected::expect`] (candidates skip layouts the values do not fit).
-    fn layout(&self, i: usize, node: &NodeValues) -> Option<&Layout> {
-        self.layouts
-            .iter()
-            .filter(|l| l.parts(node).is_some())
-            .nth(i)
-            .map(|l| &**l)
+    fn layout(&self, i: usize, node: &NodeValues) -> Option<&'c Layout> {
+        self.iter().filter(|l| l.parts(node).is_some()).nth(i)
     }
 
     /// The identity of the body that was candidate `i` (as [`Compiled::fit`] gives it).
@@ -478,8 +512,7 @@ impl Compiled {
     /// warm-scan key: a hash of the layout and the values, which determine the body (it stands for the blake3 of
     /// the body, which it spares; the two are domain-separated).
     pub fn fit(&self, bytes: &Body, node: &NodeValues) -> Option<[u8; 32]> {
-        let layouts = self.layouts.read().ok()?;
-        let layout = layouts.iter().find(|l| l.fits(bytes, node))?;
+        let layout = self.layouts.iter().find(|l| l.fits(bytes, node))?;
         Some(layout.body_id(node))
     }
 
@@ -493,19 +526,15 @@ impl Compiled {
         if id != *last {
             return None;
         }
-        if let Ok(mut l) = self.layouts.write()
-            && l.len() < MAX_LAYOUTS
-            && !l.iter().any(|x| x.id == layout.id)
-        {
-            l.push(Arc::new(layout));
-        }
+        self.layouts.add(layout);
         Some(id)
     }
 
     /// The layouts learned so far, for a fetch to expect (see [`Expected`]).
-    pub fn expected(&self) -> Expected {
+    pub fn expected(&self) -> Expected<'_> {
         Expected {
-            layouts: self.layouts.read().map(|l| l.clone()).unwrap_or_default(),
+            layouts: &self.layouts,
+            count: self.layouts.len(),
         }
     }
 
@@ -515,14 +544,11 @@ impl Compiled {
         if !self.matches(bytes, values) {
             return false;
         }
-        if self.layouts.read().is_ok_and(|l| l.len() < MAX_LAYOUTS)
+        if self.layouts.len() < MAX_LAYOUTS
             && let Some(layout) = Layout::learn(bytes, &self.slots, node)
             && self.sound(&layout)
-            && let Ok(mut l) = self.layouts.write()
-            && l.len() < MAX_LAYOUTS
-            && !l.iter().any(|x| x.id == layout.id)
         {
-            l.push(Arc::new(layout));
+            self.layouts.add(layout);
         }
         true
     }
@@ -672,35 +698,44 @@ fn classify_rule(rule: &Rule, redacted: &Document, templated: bool, node: &Node)
     }
 }
 
-/// Per scan: each baseline file compiled at most once, on first use. Files are told apart by their address in the
-/// plan, which outlives the scan (a lookup per node, no path hashing).
+/// For one plan and redaction key: each baseline file compiled at most once, on first use, and kept for the
+/// plan's later scans ([`crate::config::Scratch`]). Files are told apart by their address in the plan, which
+/// outlives the scans (a lookup per node, no path hashing); the table of them is made once, at the first lookup,
+/// so that a lookup after takes no lock.
 #[derive(Debug, Default)]
 pub struct Cache {
-    files: std::sync::RwLock<HashMap<usize, Option<Arc<Compiled>>>>,
+    files: std::sync::OnceLock<HashMap<usize, std::sync::OnceLock<Option<Compiled>>>>,
 }
 
 impl Cache {
-    /// The compiled form of `file` (compiled now if this is its first use), `None` when it has none.
+    /// The compiled form of `file`, one of `plan`'s baseline files (compiled now if this is its first use); `None`
+    /// when it has none, or when `file` is not one of `plan`'s.
     pub fn get(
         &self,
+        plan: &crate::config::Plan,
         file: &BaselineFile,
         red: Option<&Redactor>,
-        rules: &RuleSet,
         config: &str,
         node: &Node,
-    ) -> Option<Arc<Compiled>> {
-        let key = std::ptr::from_ref(file) as usize;
-        if let Ok(map) = self.files.read()
-            && let Some(c) = map.get(&key)
-        {
-            return c.clone();
-        }
-        let compiled = Compiled::new(file, red, rules, config, node).map(Arc::new);
-        if let Ok(mut map) = self.files.write() {
-            map.entry(key).or_insert(compiled).clone()
-        } else {
-            compiled
-        }
+    ) -> Option<&Compiled> {
+        let key = |f: &BaselineFile| std::ptr::from_ref(f).addr();
+        let files = self.files.get_or_init(|| {
+            plan.baselines
+                .configs
+                .values()
+                .flat_map(|c| {
+                    c.default
+                        .iter()
+                        .chain(c.labels.iter().map(|(_, _, f)| f))
+                        .chain(c.nodes.values())
+                })
+                .map(|f| (key(f), std::sync::OnceLock::new()))
+                .collect()
+        });
+        files
+            .get(&key(file))?
+            .get_or_init(|| Compiled::new(file, red, &plan.rules, config, node))
+            .as_ref()
     }
 }
 
@@ -1030,13 +1065,11 @@ matches = '^https://'
     }
 
     /// The one baseline compiled in `ctx`'s scan.
-    fn the_compiled(ctx: &Context) -> Arc<super::Compiled> {
-        let files = ctx.fast.files.read().expect("lock");
+    fn the_compiled(ctx: &Context) -> &super::Compiled {
+        let files = ctx.fast.files.get().expect("looked up");
         files
             .values()
-            .flatten()
-            .next()
-            .cloned()
+            .find_map(|c| c.get().and_then(Option::as_ref))
             .expect("compiled once")
     }
 
@@ -1204,11 +1237,7 @@ matches = '^https://'
             r#"{"a": "n1", "b": ["n1", "x-abc123"], "c": 1}"#
         ));
         let compiled = the_compiled(&ctx);
-        assert_eq!(
-            compiled.layouts.read().expect("lock").len(),
-            1,
-            "learned from n1"
-        );
+        assert_eq!(compiled.layouts.len(), 1, "learned from n1");
         assert!(both(
             &plan,
             &ctx,
@@ -1224,11 +1253,7 @@ matches = '^https://'
         ] {
             assert!(!both(&plan, &ctx, 1, wrong), "{wrong}");
         }
-        assert_eq!(
-            compiled.layouts.read().expect("lock").len(),
-            1,
-            "n2 used n1's layout"
-        );
+        assert_eq!(compiled.layouts.len(), 1, "n2 used n1's layout");
     }
 
     #[test]

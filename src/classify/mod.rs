@@ -299,9 +299,9 @@ pub struct Known<'p> {
 struct Fast<'p> {
     scope: Scope,
     file: &'p crate::baseline::BaselineFile,
-    compiled: Arc<fast::Compiled>,
+    compiled: &'p fast::Compiled,
     values: fast::NodeValues,
-    expected: fast::Expected,
+    expected: fast::Expected<'p>,
 }
 
 impl<'p> Known<'p> {
@@ -339,7 +339,7 @@ impl<'p> Known<'p> {
         let fast = match resolved {
             Some((scope, file)) if plain_json && !keep_document => ctx
                 .fast
-                .get(file, ctx.redactor.as_deref(), &plan.rules, &cfg.name, node)
+                .get(plan, file, ctx.redactor.as_deref(), &cfg.name, node)
                 .and_then(|compiled| {
                     let values = compiled.prepare(node)?;
                     let expected = compiled.expected();
