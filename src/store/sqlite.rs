@@ -150,7 +150,8 @@ impl Kept {
         }
         let hashes = std::sync::Arc::make_mut(&mut self.last_hash);
         let inputs = std::sync::Arc::make_mut(&mut self.last_input);
-        for c in self.pending.drain(..) {
+        // Taken, so that its memory goes with it.
+        for c in std::mem::take(&mut self.pending) {
             match c {
                 Change::Hash(t, h) => {
                     hashes.insert(t, Some(h));
@@ -784,9 +785,17 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(e)?;
-        // What the commit wrote into `targets`, for the kept copy, if it was current until this commit.
+        // What the commit wrote into `targets`, for the kept copy, if it was current until this commit and the
+        // commit wrote a small part of it (a warm scan's few changes; a first scan, which writes every row, would
+        // keep a copy of each, which the next load reads at no greater cost).
+        let writes = scan.snapshots.iter().filter(|s| s.changed).count()
+            + scan.unread_new_targets.len()
+            + scan.inputs.len();
         match self.kept.as_mut() {
-            Some(k) if k.generation + 1 == generation => {
+            Some(k)
+                if k.generation + 1 == generation
+                    && k.pending.len() + writes <= (k.last_hash.len() / 8).max(1024) =>
+            {
                 k.generation = generation;
                 let t = |n: &String, c: &String| (n.clone(), c.clone());
                 k.pending.extend(
