@@ -64,6 +64,8 @@ pub struct Compiled {
     tree: CNode,
     /// The template string of each slot, in document order.
     slots: Vec<String>,
+    /// Each slot's template split once into text and node attributes (`None`: substituted in full each time).
+    pieces: Vec<Option<Vec<Piece>>>,
     /// The redacted canonical text, split at the slots.
     pub text: Arc<SlotText>,
     /// The redacted baseline as rules see it (slot strings unsubstituted).
@@ -103,6 +105,53 @@ impl Layouts {
         }
         if let Some(free) = self.learned.iter().find(|l| l.get().is_none()) {
             let _ = free.set(layout);
+        }
+    }
+}
+
+/// A part of a slot's template: text as written, or what a placeholder stands for.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Text(String),
+    Name,
+    Var(String),
+    Label(String),
+}
+
+impl Piece {
+    /// `template` split as [`crate::baseline::substitute`] reads it; `None` for what that reads otherwise than
+    /// as placeholders and text (an unclosed or unknown placeholder), which is then substituted in full.
+    fn split(template: &str) -> Option<Vec<Piece>> {
+        let mut out = Vec::new();
+        let mut rest = template;
+        while let Some(pos) = rest.find("${node.") {
+            if pos > 0 {
+                out.push(Piece::Text(rest[..pos].to_string()));
+            }
+            let body = &rest[pos + 2..];
+            let expr = &body[..body.find('}')?];
+            out.push(if expr == "node.name" {
+                Piece::Name
+            } else if let Some(v) = expr.strip_prefix("node.vars.") {
+                Piece::Var(v.to_string())
+            } else {
+                Piece::Label(expr.strip_prefix("node.labels.")?.to_string())
+            });
+            rest = &body[expr.len() + 1..];
+        }
+        if !rest.is_empty() {
+            out.push(Piece::Text(rest.to_string()));
+        }
+        Some(out)
+    }
+
+    /// What this piece is for `node`; `None` for a var or label it does not have.
+    fn value<'a>(&'a self, node: &'a Node) -> Option<&'a str> {
+        match self {
+            Piece::Text(t) => Some(t),
+            Piece::Name => Some(&node.name),
+            Piece::Var(v) => node.vars.get(v).map(String::as_str),
+            Piece::Label(l) => node.labels.get(l).map(String::as_str),
         }
     }
 }
@@ -190,6 +239,28 @@ impl NodeValues {
     /// Append one value, quoted.
     fn push(&mut self, v: &str) -> Option<()> {
         json_string_into(v, &mut self.text);
+        self.ends.push(u32::try_from(self.text.len()).ok()?);
+        Some(())
+    }
+
+    /// Append the value `pieces` give for `node`, quoted (`None` when the node lacks one of them).
+    fn push_pieces(&mut self, pieces: &[Piece], node: &Node) -> Option<()> {
+        let start = self.text.len();
+        self.text.push('"');
+        for p in pieces {
+            let v = p.value(node)?;
+            if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+                // Escaped as serde_json escapes: the whole value, built first.
+                self.text.truncate(start);
+                let whole: String = pieces
+                    .iter()
+                    .map(|p| p.value(node))
+                    .collect::<Option<_>>()?;
+                return self.push(&whole);
+            }
+            self.text.push_str(v);
+        }
+        self.text.push('"');
         self.ends.push(u32::try_from(self.text.len()).ok()?);
         Some(())
     }
@@ -488,6 +559,7 @@ impl Compiled {
         }
         Some(Compiled {
             tree,
+            pieces: slots.iter().map(|s| Piece::split(s)).collect(),
             slots,
             text: Arc::new(SlotText::new(segments)),
             redacted,
@@ -502,8 +574,11 @@ impl Compiled {
             text: String::with_capacity(self.slots.iter().map(|s| s.len() + 2).sum()),
             ends: Vec::with_capacity(self.slots.len()),
         };
-        for s in &self.slots {
-            out.push(&substitute(s, node).ok()?)?;
+        for (s, pieces) in self.slots.iter().zip(&self.pieces) {
+            match pieces {
+                Some(pieces) => out.push_pieces(pieces, node)?,
+                None => out.push(&substitute(s, node).ok()?)?,
+            }
         }
         Some(out)
     }
@@ -1442,6 +1517,61 @@ matches = '^https://'
 
     fn r_input(r: &TargetResult) -> crate::classify::InputMemo {
         r.input.clone().expect("an input key")
+    }
+
+    #[test]
+    fn a_slot_split_once_gives_what_substituting_it_gives() {
+        use super::{NodeValues, Piece};
+        let node = crate::inventory::Node {
+            name: "web-1".into(),
+            labels: [("zone".to_string(), "eu \"west\"".to_string())].into(),
+            vars: [
+                ("addr".to_string(), "10.0.0.1:80".to_string()),
+                ("tab".to_string(), "a\tb".to_string()),
+                ("empty".to_string(), String::new()),
+            ]
+            .into(),
+        };
+        for template in [
+            "",
+            "plain",
+            "${node.name}",
+            "${node.name}.fleet.example.net",
+            "http://${node.vars.addr}/x/${node.name}",
+            "${node.labels.zone}",
+            "x${node.vars.tab}y",
+            "[${node.vars.empty}]",
+            "${node.vars.missing}",
+            "${node.labels.missing}",
+            "${node.unknown}",
+            "unclosed ${node.name",
+            "${node.name}${node.name}",
+            "\"${node.name}\\",
+        ] {
+            let full = crate::baseline::substitute(template, &node)
+                .ok()
+                .and_then(|v| NodeValues::quote([v.as_ref()]));
+            let split = Piece::split(template);
+            let by_pieces = split.as_ref().map(|pieces| {
+                let mut out = NodeValues {
+                    text: String::new(),
+                    ends: Vec::new(),
+                };
+                out.push_pieces(pieces, &node).map(|()| out)
+            });
+            match by_pieces {
+                Some(got) => assert_eq!(
+                    got.as_ref().map(|v| v.iter().collect::<Vec<_>>()),
+                    full.as_ref().map(|v| v.iter().collect::<Vec<_>>()),
+                    "{template}"
+                ),
+                // Not split: substituted in full, as before.
+                None => assert!(
+                    template.contains("unknown") || template.contains("unclosed"),
+                    "{template}"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -544,7 +544,7 @@ impl Collector {
             if let Some(e) = expect.as_deref_mut() {
                 e.reset();
             }
-            let result = tokio::time::timeout(
+            let result = within(
                 config.timeout,
                 self.fetch_once(index, config, node, validators, expect.as_deref_mut()),
             )
@@ -613,6 +613,37 @@ impl Collector {
     }
 }
 
+/// `fut`, or `Err(())` once `limit` has passed: [`tokio::time::timeout`], except that its timer is polled (its waker
+/// registered) only when the waker changes. A fetch is polled once per chunk and at each step of its connection,
+/// and polling the timer each time was a cost per poll across a fleet; the registered waker stays the task's
+/// own, and the timer firing wakes it, whereupon the timer is seen to have elapsed.
+async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, ()> {
+    use std::task::Poll;
+    let mut fut = std::pin::pin!(fut);
+    let mut timer = std::pin::pin!(tokio::time::sleep(limit));
+    let mut registered: Option<std::task::Waker> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return if timer.is_elapsed() {
+                Poll::Ready(Err(()))
+            } else {
+                Poll::Pending
+            };
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(())),
+            Poll::Pending => {
+                registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 /// `base * 2^attempt`, with ±25% jitter derived from the node name so retries of a fleet spread out.
 fn backoff(base: Duration, attempt: u32, node: &str) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(10));
@@ -624,6 +655,30 @@ fn backoff(base: Duration, attempt: u32, node: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_attempt_ends_at_its_limit_however_often_it_is_polled() {
+        let limit = Duration::from_millis(50);
+        assert_eq!(within(limit, async { 7 }).await, Ok(7));
+        let t = std::time::Instant::now();
+        assert_eq!(within(limit, std::future::pending::<()>()).await, Err(()));
+        // Woken and polled again and again (as a fetch is, chunk by chunk), never done.
+        let mut polls = 0u64;
+        let busy = std::future::poll_fn(|cx| {
+            polls += 1;
+            cx.waker().wake_by_ref();
+            std::task::Poll::<()>::Pending
+        });
+        assert_eq!(within(limit, busy).await, Err(()));
+        assert!(polls > 10, "{polls}");
+        // A slow one that finishes within its limit.
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            "done"
+        };
+        assert_eq!(within(limit, slow).await, Ok("done"));
+        assert!(t.elapsed() >= 2 * limit);
+    }
 
     #[test]
     fn a_body_in_chunks_compares_and_hashes_as_one() {
