@@ -4,8 +4,9 @@
 //! address) — DRIFT percent of them drifted — writes a generated plan into a temporary directory (plumb.toml, an
 //! inventory, one templated baseline, N rules over the document) with a SQLite store there, then measures:
 //!
-//! (a) the raw sweep: the HTTP client plumb builds for that config fetching every node, bodies discarded, one task
-//!     per node under the same concurrency bound as a scan (run before and after the scans; the faster counts);
+//! (a) the raw sweep: the HTTP client plumb builds for that config fetching every node, bodies discarded, by as
+//!     many workers as a scan has (`concurrency`), each taking the next node (run before and after each warm scan;
+//!     the median counts);
 //! (b) a cold full scan (`scan::prepare` + `scan::run` + `scan::record`) on an empty store;
 //! (c) a warm full scan of the unchanged fleet.
 //!
@@ -777,34 +778,42 @@ async fn raw_sweep(plan: &Arc<Plan>) -> Result<(Duration, usize), String> {
         .iter()
         .map(|n| url.render(n))
         .collect::<Result<_, _>>()?;
-    let sem = Arc::new(tokio::sync::Semaphore::new(plan.scan.concurrency));
+    let urls = Arc::new(urls);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
+    // As the scan does: `concurrency` workers, each fetching the next node until none is left.
     let mut set = tokio::task::JoinSet::new();
-    let mut results = Vec::new();
-    for u in urls {
-        let (c, sem) = (client.clone(), sem.clone());
-        // As the scan does: a task is spawned once a slot is free.
-        let permit = sem.acquire_owned().await;
-        while let Some(r) = set.try_join_next() {
-            results.push(r);
-        }
+    for _ in 0..plan.scan.concurrency.clamp(1, urls.len().max(1)) {
+        let (c, urls, next) = (client.clone(), urls.clone(), next.clone());
         set.spawn(async move {
-            let _p = permit;
-            let mut resp = c.get(&u).send().await.ok()?;
-            if !resp.status().is_success() {
-                return None;
+            let mut failed = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(u) = urls.get(i) else {
+                    break;
+                };
+                let fetched = async {
+                    let mut resp = c.get(u).send().await.ok()?;
+                    if !resp.status().is_success() {
+                        return None;
+                    }
+                    let mut len = 0usize;
+                    while let Ok(Some(chunk)) = resp.chunk().await {
+                        len += chunk.len();
+                    }
+                    Some(len)
+                }
+                .await;
+                failed += usize::from(fetched.is_none());
             }
-            let mut len = 0usize;
-            while let Ok(Some(chunk)) = resp.chunk().await {
-                len += chunk.len();
-            }
-            Some(len)
+            failed
         });
     }
+    let mut failed = 0;
     while let Some(r) = set.join_next().await {
-        results.push(r);
+        // A worker that failed counts as one failure more than it could report.
+        failed += r.unwrap_or(1);
     }
-    let failed = results.iter().filter(|r| !matches!(r, Ok(Some(_)))).count();
     Ok((t.elapsed(), failed))
 }
 

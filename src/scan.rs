@@ -1,6 +1,7 @@
-//! Scan: one pass over a set of nodes. Every (node, config) target is its own tokio task, bounded by a
-//! semaphore of `[scan] concurrency`; fetching, parsing and comparing happen inside that task, so the work spreads
-//! over every core. One node failing never stops the others: it becomes a finding of its own.
+//! Scan: one pass over a set of nodes. `[scan] concurrency` tokio tasks (workers) each take the next (node, config)
+//! target until none is left; fetching, parsing and comparing happen inside the worker, so the work spreads over
+//! every core, and at most `concurrency` fetches are in flight. One node failing never stops the others: it
+//! becomes a finding of its own.
 
 use crate::baseline::BaselineHistory;
 use crate::classify::{self, TargetResult};
@@ -14,7 +15,7 @@ use crate::report::Report;
 use crate::store::{Memory, ScanCommit, Snapshot, Store, StoreError, Target};
 use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What to scan.
 #[derive(Debug, Clone, Default)]
@@ -113,69 +114,81 @@ pub async fn run(
         });
     }
 
-    let sem = Arc::new(Semaphore::new(plan.scan.concurrency));
     let spool = opts.spool.take();
     let total = targets_wanted.len();
-    // Each result in its target's place (the order `select` gave), counted as they come.
-    let mut slots: Vec<Option<TargetResult>> = Vec::new();
-    slots.resize_with(total, || None);
-    let mut done = 0usize;
-    let mut set = tokio::task::JoinSet::new();
-    // Shared by every task through one reference count each (cheap to clone at fleet scale).
+    // Each result in its target's place (the order `select` gave), stored as it comes (a worker that failed loses
+    // no result stored before).
+    let slots: Arc<std::sync::Mutex<Vec<Option<TargetResult>>>> = Arc::new(std::sync::Mutex::new(
+        std::iter::repeat_with(|| None).take(total).collect(),
+    ));
+    // Shared by every worker through one reference count each.
     let shared_ctx = Arc::new(std::mem::take(&mut opts.context));
     let shared_now: Arc<str> = Arc::from(now.as_str());
-    for (i, (ni, ci)) in targets_wanted.iter().copied().enumerate() {
-        let (plan, collector, sem, now) = (
+    let targets_wanted = Arc::new(targets_wanted);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let keep = opts.keep_documents;
+    // `concurrency` workers, each taking the next target until none is left: at most `concurrency` fetches in
+    // flight, as many futures alive, and no task to spawn nor semaphore to wake per target.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..plan.scan.concurrency.clamp(1, total.max(1)) {
+        let (plan, collector, now, ctx, spool) = (
             plan.clone(),
             collector.clone(),
-            sem.clone(),
             shared_now.clone(),
+            shared_ctx.clone(),
+            spool.clone(),
         );
-        let keep = opts.keep_documents;
-        let ctx = shared_ctx.clone();
-        let spool = spool.clone();
-        // Spawned once a fetch slot is free, so that only `concurrency` tasks exist at a time (a task's future is
-        // kilobytes; 100,000 spawned up front would hold them all), with finished results collected meanwhile.
-        let permit = sem.acquire_owned().await;
-        while let Some(joined) = set.try_join_next() {
-            collect_one(joined, &mut slots, &mut done, &opts);
-        }
+        let (targets, next, done, slots) = (
+            targets_wanted.clone(),
+            next.clone(),
+            done.clone(),
+            slots.clone(),
+        );
+        let progress = opts.progress.clone();
         set.spawn(async move {
-            let node = &plan.nodes[ni];
-            let cfg = &plan.configs[ci];
-            // What is known before the fetch: with a stored input key, the fetch is conditional; with byte layouts
-            // learned, the body is compared as it arrives.
-            let known = classify::Known::new(&plan, node, cfg, keep, &ctx);
-            let mut expect = known.expect();
-            let t0 = std::time::Instant::now();
-            let fetched = collector
-                .fetch_expecting(&plan, cfg, node, known.validators(), expect.as_mut())
-                .await
-                .map_err(|e| e.to_string());
-            drop(expect);
-            let fetch_seconds = t0.elapsed().as_secs_f64();
-            drop(permit);
-            // A panic in a parser must not sink the scan: it becomes an `invalid` finding for this target alone.
-            let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                classify::evaluate_fetched(&plan, node, cfg, fetched, &now, keep, &ctx, known)
-            }))
-            .unwrap_or_else(|_| classify::crashed(node, cfg, &now));
-            r.fetch_seconds = fetch_seconds;
-            // The content goes to the store now rather than waiting in memory for the commit.
-            if let (Some(spool), Some((hash, content @ Some(_)))) = (&spool, &mut r.snapshot)
-                && let Some(text) = content.take()
-            {
-                match spool.put(hash.clone(), text).await {
-                    Ok(()) => r.spooled = true,
-                    Err((_, text)) => *content = Some(text),
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(ni, ci)) = targets.get(i) else {
+                    break;
+                };
+                let r = scan_one(
+                    &plan,
+                    &collector,
+                    ni,
+                    ci,
+                    keep,
+                    &ctx,
+                    &now,
+                    spool.as_deref(),
+                )
+                .await;
+                if let Ok(mut slots) = slots.lock()
+                    && let Some(slot) = slots.get_mut(i)
+                {
+                    *slot = Some(r);
+                }
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(p) = &progress {
+                    (p.0)(d, total);
                 }
             }
-            (i, r)
         });
     }
     while let Some(joined) = set.join_next().await {
-        collect_one(joined, &mut slots, &mut done, &opts);
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "a scan worker failed");
+        }
     }
+    let slots = match Arc::try_unwrap(slots) {
+        Ok(m) => m
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        Err(shared) => shared
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default(),
+    };
     // In place: `Option<TargetResult>` is a `TargetResult` in size, and `filter_map` (unlike `flatten`) collects
     // into the same allocation instead of a new one of tens of megabytes at fleet scale.
     #[allow(clippy::filter_map_identity)]
@@ -209,25 +222,47 @@ pub async fn run(
     Ok(ScanOutput { report, targets })
 }
 
-/// Gather one finished task's result and report progress.
-fn collect_one(
-    joined: Result<(usize, TargetResult), tokio::task::JoinError>,
-    slots: &mut [Option<TargetResult>],
-    done: &mut usize,
-    opts: &ScanOptions,
-) {
-    match joined {
-        Ok((i, t)) => {
-            if let Some(slot) = slots.get_mut(i) {
-                *slot = Some(t);
-                *done += 1;
-            }
+/// Fetch and evaluate target `i` of a scan: (node `ni`, config `ci`).
+#[allow(clippy::too_many_arguments)]
+async fn scan_one(
+    plan: &Plan,
+    collector: &Collector,
+    ni: usize,
+    ci: usize,
+    keep: bool,
+    ctx: &classify::Context,
+    now: &str,
+    spool: Option<&crate::store::spool::Spool>,
+) -> TargetResult {
+    let node = &plan.nodes[ni];
+    let cfg = &plan.configs[ci];
+    // What is known before the fetch: with a stored input key, the fetch is conditional; with byte layouts
+    // learned, the body is compared as it arrives.
+    let known = classify::Known::new(plan, node, cfg, keep, ctx);
+    let mut expect = known.expect();
+    let t0 = std::time::Instant::now();
+    let fetched = collector
+        .fetch_expecting(plan, cfg, node, known.validators(), expect.as_mut())
+        .await
+        .map_err(|e| e.to_string());
+    drop(expect);
+    let fetch_seconds = t0.elapsed().as_secs_f64();
+    // A panic in a parser must not sink the scan: it becomes an `invalid` finding for this target alone.
+    let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        classify::evaluate_fetched(plan, node, cfg, fetched, now, keep, ctx, known)
+    }))
+    .unwrap_or_else(|_| classify::crashed(node, cfg, now));
+    r.fetch_seconds = fetch_seconds;
+    // The content goes to the store now rather than waiting in memory for the commit.
+    if let (Some(spool), Some((hash, content @ Some(_)))) = (spool, &mut r.snapshot)
+        && let Some(text) = content.take()
+    {
+        match spool.put(hash.clone(), text).await {
+            Ok(()) => r.spooled = true,
+            Err((_, text)) => *content = Some(text),
         }
-        Err(e) => tracing::error!(error = %e, "a scan task failed"),
     }
-    if let Some(p) = &opts.progress {
-        (p.0)(*done, slots.len());
-    }
+    r
 }
 
 /// Open the store's view for a scan: the redaction key, the baseline versions in force (recorded, so that edits
