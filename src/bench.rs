@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// At most this many listeners (file descriptors) for the simulated fleet.
 pub const MAX_LISTENERS: usize = 8_000;
 
+/// The first of the listeners' ports (`MAX_LISTENERS` of them; the default ephemeral range starts at 32768).
+const LISTENER_PORTS: u16 = 20_000;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -344,7 +347,14 @@ async fn start_fleet(opts: &BenchOptions) -> Result<Started, String> {
     let mut specs: Vec<NodeSpec> = (0..listeners)
         .map(|k| NodeSpec {
             name: format!("listener-{k}"),
-            bind: None,
+            // Fixed ports below the kernel's ephemeral range: a run right after another finds the last run's
+            // ports in TIME_WAIT (the simulator closes first), which a listener may bind again, whereas picking
+            // 8,000 free ephemeral ports among them and the client's can fail. A port that is taken falls back to
+            // any free one.
+            bind: u16::try_from(k)
+                .ok()
+                .and_then(|k| LISTENER_PORTS.checked_add(k))
+                .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
             routes: HashMap::new(),
             down: false,
         })
