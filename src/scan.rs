@@ -163,11 +163,13 @@ pub async fn run(
                     spool.as_deref(),
                 )
                 .await;
-                if let Ok(mut slots) = slots.lock()
-                    && let Some(slot) = slots.get_mut(i)
-                {
+                let mut slots = slots
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(slot) = slots.get_mut(i) {
                     *slot = Some(r);
                 }
+                drop(slots);
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(p) = &progress {
                     (p.0)(d, total);
@@ -184,10 +186,11 @@ pub async fn run(
         Ok(m) => m
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        Err(shared) => shared
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default(),
+        Err(shared) => std::mem::take(
+            &mut *shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        ),
     };
     // In place: `Option<TargetResult>` is a `TargetResult` in size, and `filter_map` (unlike `flatten`) collects
     // into the same allocation instead of a new one of tens of megabytes at fleet scale.
