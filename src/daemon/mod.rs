@@ -78,6 +78,9 @@ pub struct Shared {
     pub ready: std::sync::atomic::AtomicBool,
     pub stopping: std::sync::atomic::AtomicBool,
     store_override: Option<PathBuf>,
+    /// The store's `targets` table as the last scan left it, for the next scan's connection
+    /// (`SqliteStore::keep`): a warm scan does not read every row again.
+    kept: Mutex<crate::store::sqlite::KeptTargets>,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ pub async fn run(
         ready: std::sync::atomic::AtomicBool::new(false),
         stopping: std::sync::atomic::AtomicBool::new(false),
         store_override: opts.store.clone(),
+        kept: Mutex::default(),
     });
     shared.metrics().reload(true, SystemTime::now());
 
@@ -322,6 +326,9 @@ async fn scan_inner(
     let t0 = std::time::Instant::now();
     let path = shared.store_path();
     let mut store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    if let Ok(mut kept) = shared.kept.lock() {
+        store.keep(std::mem::take(&mut *kept));
+    }
     let mut opts = ScanOptions {
         selector,
         ..Default::default()
@@ -336,6 +343,10 @@ async fn scan_inner(
     // The results are recorded even during shutdown: the scan is done and recording is one short transaction.
     let queued =
         scan::record(&plan, &mut store, &memory, &mut out, true).map_err(|e| e.to_string())?;
+    drop(memory);
+    if let Ok(mut kept) = shared.kept.lock() {
+        *kept = store.take_kept();
+    }
     let r = &out.report;
     tracing::info!(
         schedule = %schedule,

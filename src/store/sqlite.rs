@@ -135,6 +135,12 @@ struct Kept {
     pending: Vec<Change>,
 }
 
+/// A connection's kept `targets` table, handed to the next connection to the same file
+/// ([`SqliteStore::take_kept`], [`SqliteStore::keep`]): the daemon opens a connection per scan. It is checked as
+/// the connection's own would be (by the table's generation), so it can never stand for a table that changed.
+#[derive(Debug, Default)]
+pub struct KeptTargets(Option<(PathBuf, Kept)>);
+
 /// One write to the `targets` table, as [`Kept`] replays it.
 #[derive(Debug)]
 enum Change {
@@ -185,6 +191,23 @@ fn targets_generation(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 impl SqliteStore {
+    /// What this connection keeps of the `targets` table, for the next connection to this file.
+    pub fn take_kept(&mut self) -> KeptTargets {
+        KeptTargets(self.kept.take().map(|k| (self.path.clone(), k)))
+    }
+
+    /// Use `kept` (from [`SqliteStore::take_kept`]) if it was kept for this file and this connection keeps nothing
+    /// yet.
+    pub fn keep(&mut self, kept: KeptTargets) {
+        if let Some((path, k)) = kept.0
+            && self.kept.is_none()
+            && path == self.path
+            && self.path.as_os_str() != ":memory:"
+        {
+            self.kept = Some(k);
+        }
+    }
+
     /// Open (creating the file and its directory if needed) and migrate.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent()
@@ -1414,6 +1437,26 @@ mod tests {
         let m = a.load(&both).unwrap();
         assert_eq!(m.last_hash[&t], Some("h5".into()));
         assert_eq!(m.last_input[&t], memo(5));
+        // Handed to a new connection to the same file (as the daemon does, one connection per scan): shared while
+        // current, read again after another connection's commit; never taken by another file.
+        let mut d = SqliteStore::open(&path).unwrap();
+        d.keep(a.take_kept());
+        let m = d.load(&both).unwrap();
+        let kept = d.kept.as_ref().map(|k| k.last_hash.clone()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&kept, &m.last_hash));
+        assert_eq!(m.last_hash[&t], Some("h5".into()));
+        drop((m, kept));
+        write(&mut d, "s6", "h6", Some(memo(6)));
+        let mut e = SqliteStore::open(&path).unwrap();
+        e.keep(d.take_kept());
+        write(&mut b, "s7", "h7", Some(memo(7)));
+        let m = e.load(&both).unwrap();
+        assert_eq!(m.last_hash[&t], Some("h7".into()));
+        assert_eq!(m.last_input[&t], memo(7));
+        let other = dir.path().join("other.db");
+        let mut f = SqliteStore::open(&other).unwrap();
+        f.keep(e.take_kept());
+        assert!(f.kept.is_none(), "kept for another file");
         // Only some targets wanted, read from the file: those rows alone, and nothing kept.
         let mut c = SqliteStore::open(&path).unwrap();
         let only = c.load(std::slice::from_ref(&u)).unwrap();
