@@ -99,9 +99,13 @@ pub struct InputDigests {
     baselines: HashMap<PathBuf, [u8; 32]>,
     /// Per config: the digest of its rules that apply to every node, and the indices of those with a selector.
     rules: HashMap<String, ([u8; 32], Vec<usize>)>,
-    /// Each target's context digest once computed (`None` inside: not known to this set), by target index.
-    contexts: Box<[std::sync::OnceLock<Option<[u8; 32]>>]>,
+    /// Each target's context digest once computed (`None` inside: not known to this set), by target index; the
+    /// table is made at the first lookup, so that a set made only to be compared with the kept one costs none.
+    contexts: std::sync::OnceLock<Box<[KeptContext]>>,
 }
+
+/// One target's context digest, once computed (`None` inside: not known to the set).
+type KeptContext = std::sync::OnceLock<Option<[u8; 32]>>;
 
 impl PartialEq for InputDigests {
     /// The same inputs (what each target's context is made of); the targets' kept digests follow from them.
@@ -109,7 +113,6 @@ impl PartialEq for InputDigests {
         self.configs == other.configs
             && self.baselines == other.baselines
             && self.rules == other.rules
-            && self.contexts.len() == other.contexts.len()
     }
 }
 
@@ -171,9 +174,7 @@ impl InputDigests {
             configs,
             baselines,
             rules,
-            contexts: (0..plan.nodes.len() * plan.configs.len())
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
+            contexts: std::sync::OnceLock::new(),
         }
     }
 
@@ -198,11 +199,13 @@ impl InputDigests {
         node: &Node,
         resolved: Option<&crate::baseline::BaselineFile>,
     ) -> Option<[u8; 32]> {
-        match plan
-            .target_index(node, cfg)
-            .filter(|_| self.contexts.len() == plan.nodes.len() * plan.configs.len())
-            .and_then(|i| self.contexts.get(i))
-        {
+        match plan.target_index(node, cfg).and_then(|i| {
+            let n = plan.nodes.len() * plan.configs.len();
+            let table = self
+                .contexts
+                .get_or_init(|| (0..n).map(|_| std::sync::OnceLock::new()).collect());
+            table.get(i).filter(|_| table.len() == n)
+        }) {
             Some(kept) => *kept.get_or_init(|| self.compute_context(plan, cfg, node, resolved)),
             None => self.compute_context(plan, cfg, node, resolved),
         }
@@ -288,8 +291,6 @@ pub struct Known<'p> {
     fast: Option<Fast<'p>>,
     /// (node, config), the key of every per-target map, then the result's own.
     target: (String, String),
-    /// The findings the target's last evaluation observed (what a warm result repeats).
-    observed: Option<&'p Vec<Finding>>,
     /// The baseline file that applies, if any.
     resolved: Option<(Scope, &'p crate::baseline::BaselineFile)>,
     /// The last snapshot hash: `None` never scanned, `Some(None)` scanned but not read.
@@ -324,7 +325,6 @@ impl<'p> Known<'p> {
             .and_then(|d| d.context_with(plan, cfg, node, resolved.map(|(_, f)| f)));
         let target = (node.name.clone(), cfg.name.clone());
         let previous = ctx.previous.get(&target);
-        let observed = ctx.observed.get(&target);
         // The stored input key, when a warm result is possible: the document is not wanted, the context is known
         // and equal to the stored one, and the last snapshot is known.
         let memo = match context {
@@ -358,7 +358,6 @@ impl<'p> Known<'p> {
             memo,
             fast,
             target,
-            observed,
             resolved,
             previous,
         }
@@ -413,10 +412,12 @@ pub fn evaluate_fetched(
         memo,
         fast,
         target,
-        observed,
         resolved,
         previous,
     } = known;
+    // The findings the target's last evaluation observed (what a warm result repeats), looked up by the names
+    // before they become the result's own.
+    let observed = ctx.observed.get(&target);
     // The names the lookups were keyed by become the result's own.
     let mut r = TargetResult::nothing_named(target.0, target.1);
     let (bytes, validators) = match fetched {
@@ -1049,7 +1050,7 @@ mod tests {
         let first = plan.scratch.digests(InputDigests::new(&plan, &versions));
         let k = first.context(&plan, cfg, node).unwrap();
         assert_eq!(
-            first.contexts[0].get(),
+            first.contexts.get().and_then(|t| t[0].get()),
             Some(&Some(k)),
             "kept once computed"
         );
@@ -1065,7 +1066,7 @@ mod tests {
         more.push(old);
         let other = plan.scratch.digests(InputDigests::new(&plan, &more));
         assert!(!Arc::ptr_eq(&first, &other));
-        assert!(other.contexts[0].get().is_none());
+        assert!(other.contexts.get().is_none());
         assert_ne!(other.context(&plan, cfg, node), Some(k));
         // A kept digest is the one computed afresh.
         assert_eq!(
