@@ -100,14 +100,24 @@ pub struct StepInput<'a> {
     pub prior: &'a HashMap<String, Record>,
     /// This scan's findings.
     pub observed: Vec<Finding>,
-    /// (node, config) targets scanned, and those whose content was read.
-    pub scanned: &'a HashSet<(String, String)>,
-    pub read: &'a HashSet<(String, String)>,
-    /// Targets never scanned before: their findings form the initial inventory.
-    pub first_time: &'a HashSet<(String, String)>,
+    /// How this scan covered the target (node, config): asked only of the targets of observed findings that have
+    /// no record yet and of the targets of records not observed again, so that a scan of a large fleet builds no
+    /// set of every target it covered.
+    pub coverage: &'a dyn Fn(&str, &str) -> Coverage,
     pub acks: &'a HashMap<String, Ack>,
     /// The persistence gate of a finding, if its config or rule has one.
     pub gate: &'a dyn Fn(&Finding) -> Option<Gate>,
+}
+
+/// How a scan covered one target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// The target was part of the scan.
+    pub scanned: bool,
+    /// Its content was read.
+    pub read: bool,
+    /// The store knew nothing of it before the scan: its findings form the initial inventory.
+    pub first_time: bool,
 }
 
 /// The outcome of one step.
@@ -144,7 +154,6 @@ pub fn step(mut input: StepInput<'_>) -> StepOutput {
     let observed = std::mem::take(&mut input.observed);
     for mut f in observed {
         seen.insert(f.fingerprint.clone());
-        let target = (f.node.clone(), f.config.clone());
         let prev = input.prior.get(&f.fingerprint);
         let base_kind = prev.map_or(f.kind, |p| p.base_kind);
         let mut rec = match prev {
@@ -211,7 +220,7 @@ pub fn step(mut input: StepInput<'_>) -> StepOutput {
                 f.regression_of = p.finding.regression_of.clone();
             }
         }
-        f.initial = prev.is_none() && input.first_time.contains(&target);
+        f.initial = prev.is_none() && (input.coverage)(&f.node, &f.config).first_time;
         rec.finding = f;
         overlay(&mut rec, &input, now, &mut out);
         out.current.push(rec.finding.clone());
@@ -225,8 +234,8 @@ pub fn step(mut input: StepInput<'_>) -> StepOutput {
         .collect();
     unobserved.sort_by(|a, b| a.finding.fingerprint.cmp(&b.finding.fingerprint));
     for p in unobserved {
-        let target = (p.finding.node.clone(), p.finding.config.clone());
-        if !input.scanned.contains(&target) || !input.read.contains(&target) {
+        let covered = (input.coverage)(&p.finding.node, &p.finding.config);
+        if !covered.scanned || !covered.read {
             continue;
         }
         let mut rec = p.clone();

@@ -9,10 +9,10 @@ use crate::collect::Collector;
 use crate::config::Plan;
 use crate::finding::Finding;
 use crate::inventory::Selector;
-use crate::lifecycle::{self, Gate, StepInput};
+use crate::lifecycle::{self, Coverage, Gate, StepInput};
 use crate::redact::Redactor;
 use crate::report::Report;
-use crate::store::{Memory, ScanCommit, Snapshot, Store, StoreError, Target};
+use crate::store::{Memory, ScanCommit, Snapshot, Store, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -297,9 +297,8 @@ pub fn prepare(
     let memory = store.load(&targets)?;
     opts.context = classify::Context {
         redactor: Some(Arc::new(redactor)),
-        previous: memory.last_hash.clone(),
+        targets: memory.targets.clone(),
         history: Arc::new(BaselineHistory::from_versions(&plan.root, &versions)),
-        inputs: memory.last_input.clone(),
         observed: Arc::new(classify::observations(&memory.records)),
         digests: Some(
             plan.scratch
@@ -323,7 +322,8 @@ pub enum PrepareError {
 
 /// After a scan: run the lifecycle over what the store remembers, plan the alerts (when `notify`), write everything
 /// in one transaction — finding changes and the alerts they cause together — prune, and give the report its
-/// states, resolutions, groups and initial inventory. Returns how many alerts went into the outbox.
+/// states, resolutions, groups and initial inventory. Returns how many alerts went into the outbox. `output` is what
+/// [`run`] gave (its targets sorted by node and config) after [`prepare`] gave `memory`.
 pub fn record(
     plan: &Plan,
     store: &mut dyn Store,
@@ -334,18 +334,6 @@ pub fn record(
     let now = chrono::DateTime::parse_from_rfc3339(&output.report.started_at)
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|_| chrono::Utc::now());
-    let scanned: HashSet<Target> = output
-        .targets
-        .iter()
-        .map(|t| (t.node.clone(), t.config.clone()))
-        .collect();
-    let read: HashSet<Target> = output
-        .targets
-        .iter()
-        .filter(|t| t.read)
-        .map(|t| (t.node.clone(), t.config.clone()))
-        .collect();
-    let first_time = memory.first_time(&scanned);
     // Moved, not copied, out of the targets from here on (the report has its own copies): at fleet scale every
     // copy of a per-target field is tens of megabytes.
     let observed: Vec<Finding> = output
@@ -362,18 +350,30 @@ pub fn record(
         }
         plan.config(&f.config).and_then(|c| c.gate)
     };
+    // Asked of a few targets only (see `StepInput::coverage`): the targets are sorted by (node, config), and the
+    // store's memory says which it knew.
+    let targets = &output.targets;
+    let coverage = |node: &str, config: &str| -> Coverage {
+        let Ok(i) =
+            targets.binary_search_by(|t| (t.node.as_str(), t.config.as_str()).cmp(&(node, config)))
+        else {
+            return Coverage::default();
+        };
+        Coverage {
+            scanned: true,
+            read: targets[i].read,
+            first_time: memory.first_time(&(node.to_string(), config.to_string())),
+        }
+    };
     let step = lifecycle::step(StepInput {
         now,
         settings: plan.lifecycle,
         prior: &memory.records,
         observed,
-        scanned: &scanned,
-        read: &read,
-        first_time: &first_time,
+        coverage: &coverage,
         acks: &memory.acks,
         gate: &gate,
     });
-    drop((scanned, read));
     // Only what changed: the store writes nothing for an unchanged snapshot.
     let snapshots = output
         .targets
@@ -416,7 +416,7 @@ pub fn record(
         .iter()
         .filter(|t| !t.read)
         .map(|t| (t.node.clone(), t.config.clone()))
-        .filter(|t| first_time.contains(t))
+        .filter(|t| memory.first_time(t))
         .collect();
     let r = &mut output.report;
     r.set_findings(step.current);

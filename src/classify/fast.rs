@@ -1334,7 +1334,6 @@ matches = '^https://'
     #[test]
     fn a_warm_scan_knows_unchanged_bodies_by_their_layout_from_its_first_node_on() {
         use crate::classify::InputDigests;
-        use std::collections::HashMap;
         let (_d, plan) = project(BASELINE, RULES);
         let versions = plan.baselines.versions(&plan.root, None);
         let digests = Arc::new(InputDigests::new(&plan, &versions));
@@ -1380,13 +1379,15 @@ matches = '^https://'
         let target = |i: usize| (plan.nodes[i].name.clone(), cfg.name.clone());
         let mut warm_ctx = context(&plan);
         warm_ctx.digests = ctx.digests.clone();
-        warm_ctx.inputs = Arc::new(HashMap::from([
-            (target(0), memos[0].clone()),
-            (target(1), memos[1].clone()),
-        ]));
-        warm_ctx.previous = Arc::new(
+        warm_ctx.targets = Arc::new(
             (0..2)
-                .map(|i| (target(i), cold[i].snapshot.as_ref().map(|(h, _)| h.clone())))
+                .map(|i| {
+                    let m = crate::store::TargetMemory {
+                        hash: cold[i].snapshot.as_ref().map(|(h, _)| h.clone()),
+                        input: Some(memos[i].clone()),
+                    };
+                    (target(i), m)
+                })
                 .collect(),
         );
         for i in [1, 0] {
@@ -1498,14 +1499,11 @@ matches = '^https://'
         warm_ctx.digests = ctx.digests.clone();
         warm_ctx.fast = ctx.fast.clone();
         let target = (plan.nodes[1].name.clone(), cfg.name.clone());
-        warm_ctx.inputs = Arc::new(
-            [(
-                target.clone(),
-                r_input(&fetched_expecting(&plan, &ctx, 1, &n2_body)),
-            )]
-            .into(),
-        );
-        warm_ctx.previous = Arc::new([(target, full.snapshot.map(|(h, _)| h))].into());
+        let remembered = crate::store::TargetMemory {
+            hash: full.snapshot.map(|(h, _)| h),
+            input: Some(r_input(&fetched_expecting(&plan, &ctx, 1, &n2_body))),
+        };
+        warm_ctx.targets = Arc::new([(target, remembered)].into());
         let w = fetched_expecting(&plan, &warm_ctx, 1, &n2_body);
         assert!(w.unchanged && w.fetch_seconds == 1.0);
         assert_eq!(

@@ -324,12 +324,13 @@ impl<'p> Known<'p> {
             .as_ref()
             .and_then(|d| d.context_with(plan, cfg, node, resolved.map(|(_, f)| f)));
         let target = (node.name.clone(), cfg.name.clone());
-        let previous = ctx.previous.get(&target);
+        let remembered = ctx.targets.get(&target);
+        let previous = remembered.map(|m| &m.hash);
         // The stored input key, when a warm result is possible: the document is not wanted, the context is known
         // and equal to the stored one, and the last snapshot is known.
-        let memo = match context {
-            Some(key) if !keep_document && matches!(previous, Some(Some(_))) => {
-                ctx.inputs.get(&target).filter(|m| m.context == key)
+        let memo = match (context, remembered) {
+            (Some(key), Some(m)) if !keep_document && m.hash.is_some() => {
+                m.input.as_ref().filter(|i| i.context == key)
             }
             _ => None,
         };
@@ -834,9 +835,9 @@ fn warm(
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub redactor: Option<Arc<crate::redact::Redactor>>,
-    pub previous: Arc<HashMap<(String, String), Option<String>>>,
+    /// What the store remembers of each target: its last snapshot hash and input key.
+    pub targets: Arc<HashMap<(String, String), crate::store::TargetMemory>>,
     pub history: Arc<crate::baseline::BaselineHistory>,
-    pub inputs: Arc<HashMap<(String, String), InputMemo>>,
     pub observed: Arc<HashMap<(String, String), Vec<Finding>>>,
     pub digests: Option<Arc<InputDigests>>,
     /// Baselines compiled for the fast path, on first use in this scan.
@@ -1147,11 +1148,13 @@ mod tests {
         let unreachable = coverage(Kind::Unreachable, node, cfg, "down".into(), "t2");
         records.insert(unreachable.fingerprint.clone(), record(unreachable));
         let target = (node.name.clone(), cfg.name.clone());
-        ctx.inputs = Arc::new(HashMap::from([(target.clone(), memo.clone())]));
         ctx.observed = Arc::new(observations(&records));
-        ctx.previous = Arc::new(HashMap::from([(
+        ctx.targets = Arc::new(HashMap::from([(
             target.clone(),
-            cold.snapshot.as_ref().map(|(h, _)| h.clone()),
+            crate::store::TargetMemory {
+                hash: cold.snapshot.as_ref().map(|(h, _)| h.clone()),
+                input: Some(memo.clone()),
+            },
         )]));
 
         let warm = evaluate(&plan, node, cfg, Ok(body.clone()), "t3", false, &ctx);

@@ -42,16 +42,14 @@ impl Sim {
     /// One scan of node `n1`: `read` says whether it was read, `observed` what was found.
     fn scan(&mut self, read: bool, observed: Vec<Finding>) -> StepOutput {
         let target = ("n1".to_string(), "c".to_string());
-        let scanned: HashSet<_> = [target.clone()].into();
-        let read_set: HashSet<_> = if read {
-            scanned.clone()
-        } else {
-            HashSet::new()
-        };
-        let first: HashSet<_> = if self.scanned_before.contains(&target) {
-            HashSet::new()
-        } else {
-            scanned.clone()
+        let first_time = !self.scanned_before.contains(&target);
+        let coverage = move |node: &str, config: &str| {
+            let scanned = (node, config) == ("n1", "c");
+            Coverage {
+                scanned,
+                read: scanned && read,
+                first_time: scanned && first_time,
+            }
         };
         let gate = self.gate;
         let out = step(StepInput {
@@ -59,9 +57,7 @@ impl Sim {
             settings: Settings::default(),
             prior: &self.records,
             observed,
-            scanned: &scanned,
-            read: &read_set,
-            first_time: &first,
+            coverage: &coverage,
             acks: &self.acks,
             gate: &move |_| gate,
         });

@@ -7,7 +7,7 @@ pub mod spool;
 pub mod sqlite;
 
 use crate::lifecycle::{Ack, Record};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,25 +33,28 @@ pub type Target = (String, String);
 pub struct Memory {
     /// Records of every finding of the requested targets, any state.
     pub records: HashMap<String, Record>,
-    /// The latest snapshot hash of each known target (`None`: never read); shared with the scan, not copied.
-    pub last_hash: std::sync::Arc<HashMap<Target, Option<String>>>,
+    /// What is remembered of each known target (its latest snapshot hash and input key), in one map so that a
+    /// scan looks a target up once; shared with the scan, not copied.
+    pub targets: std::sync::Arc<HashMap<Target, TargetMemory>>,
     /// Acknowledgements in force.
     pub acks: HashMap<String, Ack>,
     /// The notification log, by (route, sink, fingerprint).
     pub notify_log: HashMap<(String, String, String), crate::notify::plan::LogEntry>,
-    /// What produced each target's last findings (the warm-scan key), with the node's validators; shared with
-    /// the scan's context, not copied.
-    pub last_input: std::sync::Arc<HashMap<Target, crate::classify::InputMemo>>,
+}
+
+/// What the store remembers of one known target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TargetMemory {
+    /// The latest snapshot hash (`None`: never read).
+    pub hash: Option<String>,
+    /// What produced the target's last findings (the warm-scan key), with the node's validators.
+    pub input: Option<crate::classify::InputMemo>,
 }
 
 impl Memory {
-    /// Targets never scanned before.
-    pub fn first_time<'a>(&self, targets: impl IntoIterator<Item = &'a Target>) -> HashSet<Target> {
-        targets
-            .into_iter()
-            .filter(|t| !self.last_hash.contains_key(*t))
-            .cloned()
-            .collect()
+    /// Whether `target` was never scanned before.
+    pub fn first_time(&self, target: &Target) -> bool {
+        !self.targets.contains_key(target)
     }
 }
 

@@ -128,8 +128,7 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Kept {
     generation: i64,
-    last_hash: std::sync::Arc<std::collections::HashMap<Target, Option<String>>>,
-    last_input: std::sync::Arc<std::collections::HashMap<Target, crate::classify::InputMemo>>,
+    targets: std::sync::Arc<std::collections::HashMap<Target, super::TargetMemory>>,
     /// This connection's writes since, applied at the next load (when the last scan's copies are gone, so they
     /// are applied in place rather than to a copy).
     pending: Vec<Change>,
@@ -154,24 +153,18 @@ impl Kept {
         if self.pending.is_empty() {
             return;
         }
-        let hashes = std::sync::Arc::make_mut(&mut self.last_hash);
-        let inputs = std::sync::Arc::make_mut(&mut self.last_input);
+        let targets = std::sync::Arc::make_mut(&mut self.targets);
         // Taken, so that its memory goes with it.
         for c in std::mem::take(&mut self.pending) {
             match c {
-                Change::Hash(t, h) => {
-                    hashes.insert(t, Some(h));
-                }
+                Change::Hash(t, h) => targets.entry(t).or_default().hash = Some(h),
                 Change::New(t) => {
-                    hashes.entry(t).or_insert(None);
+                    targets.entry(t).or_default();
                 }
                 // The UPDATE touches only a row that exists.
                 Change::Input(t, i) => {
-                    if hashes.contains_key(&t) {
-                        match i {
-                            Some(i) => inputs.insert(t, i),
-                            None => inputs.remove(&t),
-                        };
+                    if let Some(m) = targets.get_mut(&t) {
+                        m.input = i;
                     }
                 }
             }
@@ -441,28 +434,22 @@ impl SqliteStore {
                     ))
                 })
                 .map_err(|e| err(&self.path, e))?;
-            let mut last_hash = std::collections::HashMap::with_capacity(wanted.len());
+            let mut targets = std::collections::HashMap::with_capacity(wanted.len());
             let mut rows_read = 0usize;
-            let mut last_input = std::collections::HashMap::with_capacity(wanted.len());
             for row in rows {
                 rows_read += 1;
-                let (t, h, input) = row.map_err(|e| err(&self.path, e))?;
+                let (t, hash, input) = row.map_err(|e| err(&self.path, e))?;
                 if wanted.contains(&t) {
-                    if let Some(i) = input {
-                        last_input.insert(t.clone(), i);
-                    }
-                    last_hash.insert(t, h);
+                    targets.insert(t, super::TargetMemory { hash, input });
                 }
             }
-            mem.last_hash = std::sync::Arc::new(last_hash);
-            mem.last_input = std::sync::Arc::new(last_input);
+            mem.targets = std::sync::Arc::new(targets);
             rows_read
         };
         // Kept only when it is the whole table (every row was wanted), as the next load will share it.
-        self.kept = (mem.last_hash.len() == rows_read).then(|| Kept {
+        self.kept = (mem.targets.len() == rows_read).then(|| Kept {
             generation,
-            last_hash: mem.last_hash.clone(),
-            last_input: mem.last_input.clone(),
+            targets: mem.targets.clone(),
             pending: Vec::new(),
         });
         Ok(())
@@ -545,8 +532,7 @@ impl Store for SqliteStore {
             // Kept and still current: shared as a whole (rows of other targets are only never looked up).
             Some(k) if k.generation == generation => {
                 k.apply();
-                mem.last_hash = k.last_hash.clone();
-                mem.last_input = k.last_input.clone();
+                mem.targets = k.targets.clone();
             }
             _ => self.read_targets(&mut mem, &wanted, generation)?,
         }
@@ -817,7 +803,7 @@ impl Store for SqliteStore {
         match self.kept.as_mut() {
             Some(k)
                 if k.generation + 1 == generation
-                    && k.pending.len() + writes <= (k.last_hash.len() / 8).max(1024) =>
+                    && k.pending.len() + writes <= (k.targets.len() / 8).max(1024) =>
             {
                 k.generation = generation;
                 let t = |n: &String, c: &String| (n.clone(), c.clone());
@@ -1312,12 +1298,7 @@ mod tests {
     fn snapshots_history_and_findings_round_trip() {
         let mut s = SqliteStore::in_memory().unwrap();
         let t = ("n1".to_string(), "c".to_string());
-        assert!(
-            s.load(std::slice::from_ref(&t))
-                .unwrap()
-                .first_time(std::slice::from_ref(&t))
-                .contains(&t)
-        );
+        assert!(s.load(std::slice::from_ref(&t)).unwrap().first_time(&t));
         commit(
             &mut s,
             "s1",
@@ -1340,8 +1321,8 @@ mod tests {
             vec![],
         );
         let mem = s.load(std::slice::from_ref(&t)).unwrap();
-        assert_eq!(mem.last_hash[&t], Some("h2".to_string()));
-        assert!(mem.first_time(std::slice::from_ref(&t)).is_empty());
+        assert_eq!(mem.targets[&t].hash, Some("h2".to_string()));
+        assert!(!mem.first_time(&t));
         assert_eq!(mem.records.len(), 1);
         let h = s.history("n1", None).unwrap();
         assert_eq!(
@@ -1398,36 +1379,35 @@ mod tests {
             })
             .unwrap();
         };
-        assert!(a.load(&both).unwrap().last_hash.is_empty());
+        assert!(a.load(&both).unwrap().targets.is_empty());
         write(&mut a, "s1", "h1", Some(memo(1)));
         // Its own commit: replayed on the kept copy, which the next load shares.
         let m = a.load(&both).unwrap();
         assert!(a.kept.as_ref().is_some_and(|k| k.pending.is_empty()));
-        assert_eq!(m.last_hash[&t], Some("h1".into()));
-        assert_eq!(m.last_hash[&u], None, "an unread new target is known");
-        assert_eq!(m.last_input[&t], memo(1));
-        let kept = a.kept.as_ref().map(|k| k.last_hash.clone()).unwrap();
-        assert!(std::sync::Arc::ptr_eq(&kept, &m.last_hash));
+        assert_eq!(m.targets[&t].hash, Some("h1".into()));
+        assert_eq!(m.targets[&u].hash, None, "an unread new target is known");
+        assert_eq!(m.targets[&t].input, Some(memo(1)));
+        let kept = a.kept.as_ref().map(|k| k.targets.clone()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&kept, &m.targets));
         drop((m, kept));
         // Another connection's commit: read again.
         write(&mut b, "s2", "h2", Some(memo(2)));
         let m = a.load(&both).unwrap();
-        assert_eq!(m.last_hash[&t], Some("h2".into()));
-        assert_eq!(m.last_input[&t], memo(2));
+        assert_eq!(m.targets[&t].hash, Some("h2".into()));
+        assert_eq!(m.targets[&t].input, Some(memo(2)));
         drop(m);
         // Its own commit that forgets an input key, while the last scan's copy is still held: that copy is left as
         // it was, the next load has the change.
         let held = a.load(&both).unwrap();
         write(&mut a, "s3", "h3", None);
         let m = a.load(&both).unwrap();
-        assert_eq!(m.last_hash[&t], Some("h3".into()));
-        assert!(!m.last_input.contains_key(&t));
-        assert_eq!(held.last_hash[&t], Some("h2".into()));
-        assert_eq!(held.last_input[&t], memo(2));
+        assert_eq!(m.targets[&t].hash, Some("h3".into()));
+        assert_eq!(m.targets[&t].input, None);
+        assert_eq!(held.targets[&t].hash, Some("h2".into()));
+        assert_eq!(held.targets[&t].input, Some(memo(2)));
         // The two agree with a fresh read of the file.
         let fresh = SqliteStore::open(&path).unwrap().load(&both).unwrap();
-        assert_eq!(*fresh.last_hash, *m.last_hash);
-        assert_eq!(*fresh.last_input, *m.last_input);
+        assert_eq!(*fresh.targets, *m.targets);
         // A commit of another connection between a load and this connection's commit: the kept copy is dropped.
         drop((m, held));
         let _ = a.load(&both).unwrap();
@@ -1435,24 +1415,24 @@ mod tests {
         write(&mut a, "s5", "h5", Some(memo(5)));
         assert!(a.kept.is_none());
         let m = a.load(&both).unwrap();
-        assert_eq!(m.last_hash[&t], Some("h5".into()));
-        assert_eq!(m.last_input[&t], memo(5));
+        assert_eq!(m.targets[&t].hash, Some("h5".into()));
+        assert_eq!(m.targets[&t].input, Some(memo(5)));
         // Handed to a new connection to the same file (as the daemon does, one connection per scan): shared while
         // current, read again after another connection's commit; never taken by another file.
         let mut d = SqliteStore::open(&path).unwrap();
         d.keep(a.take_kept());
         let m = d.load(&both).unwrap();
-        let kept = d.kept.as_ref().map(|k| k.last_hash.clone()).unwrap();
-        assert!(std::sync::Arc::ptr_eq(&kept, &m.last_hash));
-        assert_eq!(m.last_hash[&t], Some("h5".into()));
+        let kept = d.kept.as_ref().map(|k| k.targets.clone()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&kept, &m.targets));
+        assert_eq!(m.targets[&t].hash, Some("h5".into()));
         drop((m, kept));
         write(&mut d, "s6", "h6", Some(memo(6)));
         let mut e = SqliteStore::open(&path).unwrap();
         e.keep(d.take_kept());
         write(&mut b, "s7", "h7", Some(memo(7)));
         let m = e.load(&both).unwrap();
-        assert_eq!(m.last_hash[&t], Some("h7".into()));
-        assert_eq!(m.last_input[&t], memo(7));
+        assert_eq!(m.targets[&t].hash, Some("h7".into()));
+        assert_eq!(m.targets[&t].input, Some(memo(7)));
         let other = dir.path().join("other.db");
         let mut f = SqliteStore::open(&other).unwrap();
         f.keep(e.take_kept());
@@ -1460,9 +1440,9 @@ mod tests {
         // Only some targets wanted, read from the file: those rows alone, and nothing kept.
         let mut c = SqliteStore::open(&path).unwrap();
         let only = c.load(std::slice::from_ref(&u)).unwrap();
-        assert_eq!(only.last_hash.len(), 1);
+        assert_eq!(only.targets.len(), 1);
         assert!(c.kept.is_none());
-        assert_eq!(c.load(&both).unwrap().last_hash.len(), 2);
+        assert_eq!(c.load(&both).unwrap().targets.len(), 2);
         assert!(c.kept.is_some());
     }
 
