@@ -188,11 +188,8 @@ impl<'c> Expected<'c> {
 
     /// What a fetch for `node` expects; `None` when no layout is known yet.
     pub fn expect<'a>(&'a self, node: &'a NodeValues) -> Option<crate::collect::Expect<'a>> {
-        let candidates: Vec<Vec<&[u8]>> = self
-            .iter()
-            .filter_map(|l| l.parts(node).map(Iterator::collect))
-            .collect();
-        (!candidates.is_empty()).then(|| crate::collect::Expect::new(candidates))
+        let expect = crate::collect::Expect::new(self.iter().filter_map(|l| l.parts(node)));
+        (!expect.is_empty()).then_some(expect)
     }
 
     /// The layout behind candidate `i` of [`Expected::expect`] (candidates skip layouts the values do not fit).

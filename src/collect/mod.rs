@@ -265,13 +265,21 @@ impl From<Vec<u8>> for Body {
 /// Bodies a fetch expects, compared with each chunk as it arrives (while the chunk is still in cache) instead of
 /// being kept: a body that is exactly one of them is [`Fetched::AsExpected`] and costs no memory; one that is none is
 /// handed back whole as [`Fetched::Body`], the part that matched rebuilt from the candidate it matched. Each
-/// candidate is given as parts, one after another. Only bodies known to be valid content for the config's format may
-/// be expected: an expected body is not checked against its `Content-Type` again.
+/// candidate is given as parts, one after another; at most [`Expect::MAX`] candidates are expected (those after are
+/// not, and such a body is read whole). Only bodies known to be valid content for the config's format may be
+/// expected: an expected body is not checked against its `Content-Type` again.
+///
+/// The candidates' state is held inline and their parts in one vector, so that each chunk reaches the parts it is
+/// compared with in one step: with hundreds of fetches in flight, a fetch's state is out of cache by the time its
+/// next chunk comes.
 #[derive(Debug)]
 pub struct Expect<'a> {
-    candidates: Vec<Vec<&'a [u8]>>,
-    /// Per candidate: (part, offset in it) of the next byte; `None` once it disagreed.
-    at: Vec<Option<(usize, usize)>>,
+    /// Every candidate's parts, one candidate after another.
+    parts: Vec<&'a [u8]>,
+    /// Per candidate, the first `count`: where its parts end in `parts`, and (part, offset in it) of its next byte
+    /// (`None` once it disagreed).
+    candidates: [(usize, Option<(usize, usize)>); Expect::MAX],
+    count: usize,
     /// Bytes fed that every live candidate agrees with.
     fed: usize,
     /// Once none agrees: one that agreed with the `fed` bytes before.
@@ -279,34 +287,68 @@ pub struct Expect<'a> {
 }
 
 impl<'a> Expect<'a> {
-    pub fn new(candidates: Vec<Vec<&'a [u8]>>) -> Expect<'a> {
-        let at = vec![Some((0, 0)); candidates.len()];
-        Expect {
-            candidates,
-            at,
+    /// The most candidates a fetch expects.
+    pub const MAX: usize = 4;
+
+    pub fn new<P: IntoIterator<Item = &'a [u8]>>(
+        candidates: impl IntoIterator<Item = P>,
+    ) -> Expect<'a> {
+        let mut e = Expect {
+            // Enough for two candidates with a few slots each without growing.
+            parts: Vec::with_capacity(16),
+            candidates: [(0, None); Expect::MAX],
+            count: 0,
             fed: 0,
             witness: None,
+        };
+        for parts in candidates.into_iter().take(Expect::MAX) {
+            e.parts.extend(parts);
+            e.candidates[e.count] = (e.parts.len(), Some((0, 0)));
+            e.count += 1;
         }
+        e
+    }
+
+    /// Whether no candidate was given.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Candidate `i`'s parts.
+    fn parts(&self, i: usize) -> &[&'a [u8]] {
+        let from = i.checked_sub(1).map_or(0, |p| self.candidates[p].0);
+        &self.parts[from..self.candidates[i].0]
     }
 
     /// Start over (a retried fetch).
     fn reset(&mut self) {
-        self.at.iter_mut().for_each(|a| *a = Some((0, 0)));
+        self.candidates[..self.count]
+            .iter_mut()
+            .for_each(|c| c.1 = Some((0, 0)));
         self.fed = 0;
         self.witness = None;
+    }
+
+    /// The first candidate still agreeing.
+    fn live(&self) -> Option<usize> {
+        self.candidates[..self.count]
+            .iter()
+            .position(|c| c.1.is_some())
     }
 
     /// Compare the next chunk; whether some candidate agrees with everything fed so far. When none does, nothing
     /// of this chunk is counted: [`Expect::prefix`] still gives the bytes before it, from a candidate that agreed
     /// with them (`witness`).
     fn feed(&mut self, chunk: &[u8]) -> bool {
-        let witness = self.at.iter().position(Option::is_some);
+        let witness = self.live();
         let mut alive = false;
-        for (at, parts) in self.at.iter_mut().zip(&self.candidates) {
+        let mut from = 0;
+        for (end, at) in &mut self.candidates[..self.count] {
             if let Some(pos) = *at {
-                *at = advance(parts, pos, chunk);
+                *at = advance(&self.parts[from..*end], pos, chunk);
                 alive |= at.is_some();
             }
+            from = *end;
         }
         if !alive {
             self.witness = witness;
@@ -318,26 +360,24 @@ impl<'a> Expect<'a> {
 
     /// The candidate that everything fed equals, whole.
     fn complete(&self) -> Option<usize> {
-        self.at
-            .iter()
-            .zip(&self.candidates)
-            .position(|(at, parts)| {
-                at.is_some_and(|(part, off)| {
-                    off == 0
-                        && parts
-                            .get(part..)
-                            .is_some_and(|rest| rest.iter().all(|p| p.is_empty()))
-                })
+        (0..self.count).find(|&i| {
+            self.candidates[i].1.is_some_and(|(part, off)| {
+                off == 0
+                    && self
+                        .parts(i)
+                        .get(part..)
+                        .is_some_and(|rest| rest.iter().all(|p| p.is_empty()))
             })
+        })
     }
 
     /// The bytes fed so far (which some candidate agreed with), rebuilt from that candidate.
     fn prefix(&self) -> Vec<u8> {
-        let Some(i) = self.at.iter().position(Option::is_some).or(self.witness) else {
+        let Some(i) = self.live().or(self.witness) else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(self.fed);
-        for p in &self.candidates[i] {
+        for p in self.parts(i) {
             let n = p.len().min(self.fed - out.len());
             out.extend_from_slice(&p[..n]);
             if out.len() == self.fed {
@@ -710,7 +750,7 @@ mod tests {
 
     /// `body` received in chunks cut at `cuts`, expecting `candidates` (each given as parts).
     fn receive(body: &[u8], cuts: &[usize], candidates: &[Vec<&[u8]>]) -> Fetched {
-        let mut expect = Expect::new(candidates.to_vec());
+        let mut expect = Expect::new(candidates.iter().map(|c| c.iter().copied()));
         let mut r = Receiving::new(Some(&mut expect));
         let mut from = 0;
         for &c in cuts.iter().chain([&body.len()]) {
@@ -769,8 +809,20 @@ mod tests {
                 }
             }
         }
+        // At most `Expect::MAX` candidates: a body that is only the one after them is read whole.
+        let mut many = vec![other.clone(); Expect::MAX - 1];
+        many.push(layout_a.clone());
+        assert!(matches!(
+            receive(a, &[5], &many),
+            Fetched::AsExpected { candidate, .. } if candidate == Expect::MAX - 1
+        ));
+        many.insert(0, other.clone());
+        match receive(a, &[5], &many) {
+            Fetched::Body { bytes, .. } => assert_eq!(bytes.into_vec(), a.to_vec()),
+            f => panic!("{f:?}"),
+        }
         // A retry starts over.
-        let mut expect = Expect::new(vec![layout_a.clone()]);
+        let mut expect = Expect::new([layout_a.clone()]);
         assert!(expect.feed(&a[..10]));
         expect.reset();
         let mut r = Receiving::new(Some(&mut expect));
