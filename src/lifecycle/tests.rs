@@ -250,3 +250,79 @@ fn inventory_summarizes_initial_findings_per_config() {
     assert_eq!((inv[0].nodes, inv[0].findings), (2, 2));
     assert_eq!(inv[0].by_kind["drift"], 2);
 }
+
+#[test]
+fn coverage_is_asked_per_target_and_only_a_read_target_resolves_what_it_no_longer_shows() {
+    // Findings on three nodes; the next scan covers n1 (read), n2 (not read), and not n3.
+    let now = DateTime::parse_from_rfc3339("2026-11-26T06:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let prior: HashMap<String, Record> = ["n1", "n2", "n3"]
+        .into_iter()
+        .map(|n| {
+            let f = drift(n, 1);
+            let r = Record {
+                finding: f.clone(),
+                base_kind: Kind::Drift,
+                present: true,
+                since: "2026-11-26T05:00:00Z".into(),
+                scans_seen: 1,
+                resolved_at: None,
+                changes: vec!["2026-11-26T05:00:00Z".into()],
+                flapping_since: None,
+            };
+            (f.fingerprint.clone(), r)
+        })
+        .collect();
+    let asked = std::cell::RefCell::new(Vec::new());
+    let coverage = |node: &str, config: &str| {
+        asked.borrow_mut().push(format!("{node}/{config}"));
+        match node {
+            "n1" => Coverage {
+                scanned: true,
+                read: true,
+                first_time: false,
+            },
+            "n2" => Coverage {
+                scanned: true,
+                read: false,
+                first_time: false,
+            },
+            "n4" => Coverage {
+                scanned: true,
+                read: true,
+                first_time: true,
+            },
+            _ => Coverage::default(),
+        }
+    };
+    // n4 is new: its finding is part of the initial inventory.
+    let out = step(StepInput {
+        now,
+        settings: Settings::default(),
+        prior: &prior,
+        observed: vec![drift("n4", 2)],
+        coverage: &coverage,
+        acks: &HashMap::new(),
+        gate: &|_| None,
+    });
+    let resolved: Vec<&str> = out.resolved.iter().map(|f| f.node.as_str()).collect();
+    assert_eq!(resolved, ["n1"], "only the read target resolves");
+    assert_eq!(out.current.len(), 1);
+    assert!(
+        out.current[0].initial,
+        "a first-time target's finding is initial"
+    );
+    // Asked once per unobserved prior record and once for the new finding, never of every target.
+    let mut asked = asked.into_inner();
+    asked.sort();
+    assert_eq!(asked, ["n1/c", "n2/c", "n3/c", "n4/c"]);
+    // Records are written for what changed: n1 resolved and n4 new.
+    let mut written: Vec<&str> = out
+        .records
+        .iter()
+        .map(|r| r.finding.node.as_str())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["n1", "n4"]);
+}
