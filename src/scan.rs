@@ -147,6 +147,8 @@ pub async fn run(
         );
         let progress = opts.progress.clone();
         set.spawn(async move {
+            // One attempt timer for all this worker's fetches (see `AttemptTimer`).
+            let mut timer = crate::collect::AttemptTimer::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(ni, ci)) = targets.get(i) else {
@@ -161,6 +163,7 @@ pub async fn run(
                     &ctx,
                     &now,
                     spool.as_deref(),
+                    &mut timer,
                 )
                 .await;
                 let mut slots = slots
@@ -236,6 +239,7 @@ async fn scan_one(
     ctx: &classify::Context,
     now: &str,
     spool: Option<&crate::store::spool::Spool>,
+    timer: &mut crate::collect::AttemptTimer,
 ) -> TargetResult {
     let node = &plan.nodes[ni];
     let cfg = &plan.configs[ci];
@@ -245,7 +249,14 @@ async fn scan_one(
     let mut expect = known.expect();
     let t0 = std::time::Instant::now();
     let fetched = collector
-        .fetch_expecting(plan, cfg, node, known.validators(), expect.as_mut())
+        .fetch_expecting(
+            plan,
+            cfg,
+            node,
+            known.validators(),
+            expect.as_mut(),
+            Some(timer),
+        )
         .await
         .map_err(|e| e.to_string());
     drop(expect);

@@ -560,12 +560,13 @@ impl Collector {
         node: &Node,
         validators: Option<&Validators>,
     ) -> Result<Fetched, CollectError> {
-        self.fetch_expecting(plan, config, node, validators, None)
+        self.fetch_expecting(plan, config, node, validators, None, None)
             .await
     }
 
     /// Fetch like [`Collector::fetch_conditional`]; over http, each chunk of the body is compared with `expect` as it
-    /// arrives (other sources hand their content back whole).
+    /// arrives (other sources hand their content back whole). Each attempt's time limit runs on `timer` when given
+    /// (a worker's, reused fetch after fetch), else on a timer of its own.
     pub async fn fetch_expecting(
         &self,
         plan: &Plan,
@@ -573,12 +574,18 @@ impl Collector {
         node: &Node,
         validators: Option<&Validators>,
         mut expect: Option<&mut Expect<'_>>,
+        timer: Option<&mut AttemptTimer>,
     ) -> Result<Fetched, CollectError> {
         let index = plan
             .configs
             .iter()
             .position(|c| std::ptr::eq(c, config))
             .unwrap_or(usize::MAX);
+        let mut own = None;
+        let timer = match timer {
+            Some(t) => t,
+            None => own.insert(AttemptTimer::new()),
+        };
         let mut attempt = 0u32;
         loop {
             if let Some(e) = expect.as_deref_mut() {
@@ -586,6 +593,7 @@ impl Collector {
             }
             let result = within(
                 config.timeout,
+                timer.0.as_mut(),
                 self.fetch_once(index, config, node, validators, expect.as_deref_mut()),
             )
             .await;
@@ -653,14 +661,43 @@ impl Collector {
     }
 }
 
-/// `fut`, or `Err(())` once `limit` has passed: [`tokio::time::timeout`], except that its timer is polled (its waker
-/// registered) only when the waker changes. A fetch is polled once per chunk and at each step of its connection,
-/// and polling the timer each time was a cost per poll across a fleet; the registered waker stays the task's
-/// own, and the timer firing wakes it, whereupon the timer is seen to have elapsed.
-async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, ()> {
+/// The timer that limits fetch attempts, one after another: each attempt moves its deadline rather than registering
+/// a timer of its own. tokio moves a registered deadline later with one atomic operation, where a new timer is
+/// registered in, and removed from, the runtime's shared timer wheel under a lock: a scan worker keeps one for all
+/// its targets.
+pub struct AttemptTimer(std::pin::Pin<Box<tokio::time::Sleep>>);
+
+impl AttemptTimer {
+    pub fn new() -> AttemptTimer {
+        // Not registered until an attempt sets its deadline and polls it.
+        AttemptTimer(Box::pin(tokio::time::sleep(Duration::from_secs(3600))))
+    }
+}
+
+impl Default for AttemptTimer {
+    fn default() -> AttemptTimer {
+        AttemptTimer::new()
+    }
+}
+
+/// `fut`, or `Err(())` once `limit` has passed, timed by `timer` (whose deadline this sets): [`tokio::time::timeout`],
+/// except that the timer is polled (its waker registered) only when the waker changes. A fetch is polled once per
+/// chunk and at each step of its connection, and polling the timer each time was a cost per poll across a fleet; the
+/// registered waker stays the task's own, and the timer firing wakes it, whereupon the timer is seen to have
+/// elapsed.
+async fn within<F: std::future::Future>(
+    limit: Duration,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    fut: F,
+) -> Result<F::Output, ()> {
     use std::task::Poll;
+    let now = tokio::time::Instant::now();
+    // As `tokio::time::sleep` does with a limit past what an instant holds: about 30 years.
+    let deadline = now
+        .checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30));
+    timer.as_mut().reset(deadline);
     let mut fut = std::pin::pin!(fut);
-    let mut timer = std::pin::pin!(tokio::time::sleep(limit));
     let mut registered: Option<std::task::Waker> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
@@ -697,11 +734,18 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_attempt_ends_at_its_limit_however_often_it_is_polled() {
+    async fn an_attempt_ends_at_its_limit_however_often_it_is_polled_on_a_timer_reused_attempt_after_attempt()
+     {
         let limit = Duration::from_millis(50);
-        assert_eq!(within(limit, async { 7 }).await, Ok(7));
+        // One timer for every attempt below, as a scan worker keeps one.
+        let mut timer = AttemptTimer::new();
+        assert_eq!(within(limit, timer.0.as_mut(), async { 7 }).await, Ok(7));
         let t = std::time::Instant::now();
-        assert_eq!(within(limit, std::future::pending::<()>()).await, Err(()));
+        assert_eq!(
+            within(limit, timer.0.as_mut(), std::future::pending::<()>()).await,
+            Err(())
+        );
+        assert!(t.elapsed() >= limit);
         // Woken and polled again and again (as a fetch is, chunk by chunk), never done.
         let mut polls = 0u64;
         let busy = std::future::poll_fn(|cx| {
@@ -709,15 +753,42 @@ mod tests {
             cx.waker().wake_by_ref();
             std::task::Poll::<()>::Pending
         });
-        assert_eq!(within(limit, busy).await, Err(()));
+        assert_eq!(within(limit, timer.0.as_mut(), busy).await, Err(()));
         assert!(polls > 10, "{polls}");
         // A slow one that finishes within its limit.
         let slow = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             "done"
         };
-        assert_eq!(within(limit, slow).await, Ok("done"));
-        assert!(t.elapsed() >= 2 * limit);
+        assert_eq!(within(limit, timer.0.as_mut(), slow).await, Ok("done"));
+        // A deadline moved later: the last attempt's deadline passes during this one, which is not cut short.
+        assert_eq!(within(limit, timer.0.as_mut(), async { 1 }).await, Ok(1));
+        let later = async {
+            tokio::time::sleep(2 * limit).await;
+            "later"
+        };
+        assert_eq!(
+            within(4 * limit, timer.0.as_mut(), later).await,
+            Ok("later")
+        );
+        // A deadline moved earlier (a long limit, then a short one): the short one still ends on time.
+        assert_eq!(
+            within(Duration::from_secs(3600), timer.0.as_mut(), async { 2 }).await,
+            Ok(2)
+        );
+        let t = std::time::Instant::now();
+        assert_eq!(
+            within(limit, timer.0.as_mut(), std::future::pending::<()>()).await,
+            Err(())
+        );
+        let took = t.elapsed();
+        assert!(took >= limit && took < Duration::from_secs(5), "{took:?}");
+        // A limit past what an instant holds does not end an attempt.
+        let quick = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            3
+        };
+        assert_eq!(within(Duration::MAX, timer.0.as_mut(), quick).await, Ok(3));
     }
 
     #[test]
