@@ -148,7 +148,7 @@ pub async fn run(
         let progress = opts.progress.clone();
         set.spawn(async move {
             // One attempt timer for all this worker's fetches (see `AttemptTimer`).
-            let mut timer = crate::collect::AttemptTimer::new();
+            let mut timer = std::pin::pin!(crate::collect::attempt_timer());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(ni, ci)) = targets.get(i) else {
@@ -163,7 +163,7 @@ pub async fn run(
                     &ctx,
                     &now,
                     spool.as_deref(),
-                    &mut timer,
+                    timer.as_mut(),
                 )
                 .await;
                 let mut slots = slots
@@ -239,7 +239,7 @@ async fn scan_one(
     ctx: &classify::Context,
     now: &str,
     spool: Option<&crate::store::spool::Spool>,
-    timer: &mut crate::collect::AttemptTimer,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> TargetResult {
     let node = &plan.nodes[ni];
     let cfg = &plan.configs[ci];

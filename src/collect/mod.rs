@@ -574,7 +574,7 @@ impl Collector {
         node: &Node,
         validators: Option<&Validators>,
         mut expect: Option<&mut Expect<'_>>,
-        timer: Option<&mut AttemptTimer>,
+        timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>,
     ) -> Result<Fetched, CollectError> {
         let index = plan
             .configs
@@ -582,9 +582,9 @@ impl Collector {
             .position(|c| std::ptr::eq(c, config))
             .unwrap_or(usize::MAX);
         let mut own = None;
-        let timer = match timer {
+        let mut timer = match timer {
             Some(t) => t,
-            None => own.insert(AttemptTimer::new()),
+            None => own.insert(Box::pin(attempt_timer())).as_mut(),
         };
         let mut attempt = 0u32;
         loop {
@@ -593,7 +593,7 @@ impl Collector {
             }
             let result = within(
                 config.timeout,
-                timer.0.as_mut(),
+                timer.as_mut(),
                 self.fetch_once(index, config, node, validators, expect.as_deref_mut()),
             )
             .await;
@@ -661,23 +661,13 @@ impl Collector {
     }
 }
 
-/// The timer that limits fetch attempts, one after another: each attempt moves its deadline rather than registering
-/// a timer of its own. tokio moves a registered deadline later with one atomic operation, where a new timer is
-/// registered in, and removed from, the runtime's shared timer wheel under a lock: a scan worker keeps one for all
-/// its targets.
-pub struct AttemptTimer(std::pin::Pin<Box<tokio::time::Sleep>>);
-
-impl AttemptTimer {
-    pub fn new() -> AttemptTimer {
-        // Not registered until an attempt sets its deadline and polls it.
-        AttemptTimer(Box::pin(tokio::time::sleep(Duration::from_secs(3600))))
-    }
-}
-
-impl Default for AttemptTimer {
-    fn default() -> AttemptTimer {
-        AttemptTimer::new()
-    }
+/// A timer to limit fetch attempts with, one after another (see [`Collector::fetch_expecting`]): each attempt moves
+/// its deadline rather than registering a timer of its own. tokio moves a registered deadline later with one atomic
+/// operation, where a new timer is registered in, and removed from, the runtime's shared timer wheel under a lock: a
+/// scan worker keeps one, pinned in its own state, for all its targets. Not registered until an attempt sets its
+/// deadline and polls it.
+pub fn attempt_timer() -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_secs(3600))
 }
 
 /// `fut`, or `Err(())` once `limit` has passed, timed by `timer` (whose deadline this sets): [`tokio::time::timeout`],
@@ -738,11 +728,11 @@ mod tests {
      {
         let limit = Duration::from_millis(50);
         // One timer for every attempt below, as a scan worker keeps one.
-        let mut timer = AttemptTimer::new();
-        assert_eq!(within(limit, timer.0.as_mut(), async { 7 }).await, Ok(7));
+        let mut timer = std::pin::pin!(attempt_timer());
+        assert_eq!(within(limit, timer.as_mut(), async { 7 }).await, Ok(7));
         let t = std::time::Instant::now();
         assert_eq!(
-            within(limit, timer.0.as_mut(), std::future::pending::<()>()).await,
+            within(limit, timer.as_mut(), std::future::pending::<()>()).await,
             Err(())
         );
         assert!(t.elapsed() >= limit);
@@ -753,32 +743,29 @@ mod tests {
             cx.waker().wake_by_ref();
             std::task::Poll::<()>::Pending
         });
-        assert_eq!(within(limit, timer.0.as_mut(), busy).await, Err(()));
+        assert_eq!(within(limit, timer.as_mut(), busy).await, Err(()));
         assert!(polls > 10, "{polls}");
         // A slow one that finishes within its limit.
         let slow = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             "done"
         };
-        assert_eq!(within(limit, timer.0.as_mut(), slow).await, Ok("done"));
+        assert_eq!(within(limit, timer.as_mut(), slow).await, Ok("done"));
         // A deadline moved later: the last attempt's deadline passes during this one, which is not cut short.
-        assert_eq!(within(limit, timer.0.as_mut(), async { 1 }).await, Ok(1));
+        assert_eq!(within(limit, timer.as_mut(), async { 1 }).await, Ok(1));
         let later = async {
             tokio::time::sleep(2 * limit).await;
             "later"
         };
-        assert_eq!(
-            within(4 * limit, timer.0.as_mut(), later).await,
-            Ok("later")
-        );
+        assert_eq!(within(4 * limit, timer.as_mut(), later).await, Ok("later"));
         // A deadline moved earlier (a long limit, then a short one): the short one still ends on time.
         assert_eq!(
-            within(Duration::from_secs(3600), timer.0.as_mut(), async { 2 }).await,
+            within(Duration::from_secs(3600), timer.as_mut(), async { 2 }).await,
             Ok(2)
         );
         let t = std::time::Instant::now();
         assert_eq!(
-            within(limit, timer.0.as_mut(), std::future::pending::<()>()).await,
+            within(limit, timer.as_mut(), std::future::pending::<()>()).await,
             Err(())
         );
         let took = t.elapsed();
@@ -788,7 +775,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             3
         };
-        assert_eq!(within(Duration::MAX, timer.0.as_mut(), quick).await, Ok(3));
+        assert_eq!(within(Duration::MAX, timer.as_mut(), quick).await, Ok(3));
     }
 
     #[test]
