@@ -665,45 +665,119 @@ impl Store for SqliteStore {
         )
         .map_err(e)?;
         {
+            // Snapshots already in the store (spooled while the scan ran) are checked in one query, not one each.
+            let spooled: Vec<&str> = scan
+                .snapshots
+                .iter()
+                .filter(|s| s.content.is_none() && s.changed)
+                .map(|s| s.hash.as_str())
+                .collect();
+            if !spooled.is_empty() {
+                let wanted = serde_json::to_string(&spooled).map_err(json_err)?;
+                let distinct = spooled
+                    .iter()
+                    .collect::<std::collections::HashSet<_>>()
+                    .len();
+                let present: i64 = tx
+                    .query_row(
+                        "SELECT count(*) FROM snapshots WHERE hash IN (SELECT value FROM json_each(?1))",
+                        params![wanted],
+                        |r| r.get(0),
+                    )
+                    .map_err(e)?;
+                if usize::try_from(present).ok() != Some(distinct) {
+                    let mut has_snap = tx
+                        .prepare_cached("SELECT 1 FROM snapshots WHERE hash = ?1")
+                        .map_err(e)?;
+                    for s in scan
+                        .snapshots
+                        .iter()
+                        .filter(|s| s.content.is_none() && s.changed)
+                    {
+                        if !has_snap.exists(params![s.hash]).map_err(e)? {
+                            return Err(StoreError::Corrupt(format!(
+                                "{}: snapshot {} of {}/{} was not written; the scan is not recorded",
+                                path.display(),
+                                s.hash,
+                                s.node,
+                                s.config
+                            )));
+                        }
+                    }
+                }
+            }
             let mut up_target = tx
                 .prepare_cached(
                     "INSERT INTO targets (node, config, hash) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (node, config) DO UPDATE SET hash = excluded.hash",
                 )
                 .map_err(e)?;
+            // A target whose hash and input key both change is written by one statement: the two lists come in
+            // the same (sorted) order from a scan, and are walked side by side; an input key not met that way is
+            // written on its own below.
+            let mut up_target_input = tx
+                .prepare_cached(
+                    "INSERT INTO targets (node, config, hash, input_body, input_context, etag, last_modified, unified) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (node, config) DO UPDATE SET hash = excluded.hash, \
+                     input_body = excluded.input_body, input_context = excluded.input_context, \
+                     etag = excluded.etag, last_modified = excluded.last_modified, unified = excluded.unified",
+                )
+                .map_err(e)?;
             let mut ins_hist = tx
                 .prepare_cached("INSERT INTO history (node, config, at, scan_id, hash) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(e)?;
-            let mut has_snap = tx
-                .prepare_cached("SELECT 1 FROM snapshots WHERE hash = ?1")
-                .map_err(e)?;
             let mut templates = std::collections::HashSet::new();
+            let mut input_written = vec![false; scan.inputs.len()];
+            let mut next_input = 0usize;
             for s in &scan.snapshots {
                 if let Some(c) = &s.content {
                     insert_content(&tx, &s.hash, c, &scan.started_at, &mut templates).map_err(e)?;
-                } else if s.changed && !has_snap.exists(params![s.hash]).map_err(e)? {
-                    return Err(StoreError::Corrupt(format!(
-                        "{}: snapshot {} of {}/{} was not written; the scan is not recorded",
-                        path.display(),
-                        s.hash,
+                }
+                if !s.changed {
+                    continue;
+                }
+                let target = (s.node.as_str(), s.config.as_str());
+                while scan
+                    .inputs
+                    .get(next_input)
+                    .is_some_and(|((n, c), _)| (n.as_str(), c.as_str()) < target)
+                {
+                    next_input += 1;
+                }
+                match scan.inputs.get(next_input) {
+                    Some(((n, c), input)) if (n.as_str(), c.as_str()) == target => {
+                        let i = input.as_ref();
+                        up_target_input
+                            .execute(params![
+                                s.node,
+                                s.config,
+                                s.hash,
+                                i.map(|i| &i.body[..]),
+                                i.map(|i| &i.context[..]),
+                                i.and_then(|i| i.validators.etag.as_deref()),
+                                i.and_then(|i| i.validators.last_modified.as_deref()),
+                                i.map(|i| &i.unified).filter(|u| !u.is_empty()),
+                            ])
+                            .map_err(e)?;
+                        input_written[next_input] = true;
+                        next_input += 1;
+                    }
+                    _ => {
+                        up_target
+                            .execute(params![s.node, s.config, s.hash])
+                            .map_err(e)?;
+                    }
+                }
+                ins_hist
+                    .execute(params![
                         s.node,
-                        s.config
-                    )));
-                }
-                if s.changed {
-                    up_target
-                        .execute(params![s.node, s.config, s.hash])
-                        .map_err(e)?;
-                    ins_hist
-                        .execute(params![
-                            s.node,
-                            s.config,
-                            scan.started_at,
-                            scan.scan_id,
-                            s.hash
-                        ])
-                        .map_err(e)?;
-                }
+                        s.config,
+                        scan.started_at,
+                        scan.scan_id,
+                        s.hash
+                    ])
+                    .map_err(e)?;
             }
             let mut new_target = tx
                 .prepare_cached(
@@ -719,28 +793,24 @@ impl Store for SqliteStore {
                      unified = ?7 WHERE node = ?1 AND config = ?2",
                 )
                 .map_err(e)?;
-            for ((n, c), input) in &scan.inputs {
-                match input {
-                    Some(i) => up_input.execute(params![
+            for (((n, c), input), _) in scan
+                .inputs
+                .iter()
+                .zip(&input_written)
+                .filter(|(_, written)| !**written)
+            {
+                let i = input.as_ref();
+                up_input
+                    .execute(params![
                         n,
                         c,
-                        &i.body[..],
-                        &i.context[..],
-                        i.validators.etag,
-                        i.validators.last_modified,
-                        (!i.unified.is_empty()).then_some(&i.unified)
-                    ]),
-                    None => up_input.execute(params![
-                        n,
-                        c,
-                        None::<Vec<u8>>,
-                        None::<Vec<u8>>,
-                        None::<String>,
-                        None::<String>,
-                        None::<String>
-                    ]),
-                }
-                .map_err(e)?;
+                        i.map(|i| &i.body[..]),
+                        i.map(|i| &i.context[..]),
+                        i.and_then(|i| i.validators.etag.as_deref()),
+                        i.and_then(|i| i.validators.last_modified.as_deref()),
+                        i.map(|i| &i.unified).filter(|u| !u.is_empty()),
+                    ])
+                    .map_err(e)?;
             }
             let mut up_finding = tx
                 .prepare_cached(
@@ -1347,6 +1417,138 @@ mod tests {
             .unwrap()
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_commit_writes_hashes_and_input_keys_together_or_apart_and_refuses_a_snapshot_not_stored() {
+        use crate::classify::InputMemo;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        let target = |n: &str| (n.to_string(), "c".to_string());
+        let memo = |byte: u8, etag: Option<&str>, unified: &str| InputMemo {
+            body: [byte; 32],
+            context: [7; 32],
+            validators: crate::collect::Validators {
+                etag: etag.map(str::to_string),
+                last_modified: None,
+            },
+            unified: unified.into(),
+        };
+        let at = |n: &str, hash: &str, content: Option<&str>| Snapshot {
+            node: n.into(),
+            ..snap(hash, content)
+        };
+        // n1..n3 new with their input keys (written with their hashes), n4's key given out of order (written on
+        // its own, after its row), n5 read with no key.
+        let first = ScanCommit {
+            scan_id: "s1".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: "2026-01-01T00:00:00Z".into(),
+            snapshots: vec![
+                at("n1", "h1", Some("a")),
+                at("n2", "h2", Some("b")),
+                at("n3", "h3", Some("c")),
+                at("n4", "h4", Some("d")),
+                at("n5", "h5", Some("e")),
+            ],
+            inputs: vec![
+                (target("n4"), Some(memo(4, Some("\"e4\""), ""))),
+                (target("n1"), Some(memo(1, None, "-a\n+b\n"))),
+                (target("n2"), Some(memo(2, Some("\"e2\""), ""))),
+                (target("n3"), None),
+            ],
+            ..Default::default()
+        };
+        s.commit(&first).unwrap();
+        let all: Vec<_> = ["n1", "n2", "n3", "n4", "n5"].map(target).to_vec();
+        let fresh = |p: &Path| SqliteStore::open(p).unwrap().load(&all).unwrap();
+        let m = fresh(&path);
+        assert_eq!(m.targets[&target("n1")].hash.as_deref(), Some("h1"));
+        assert_eq!(
+            m.targets[&target("n1")].input,
+            Some(memo(1, None, "-a\n+b\n"))
+        );
+        assert_eq!(
+            m.targets[&target("n2")].input,
+            Some(memo(2, Some("\"e2\""), ""))
+        );
+        assert_eq!(m.targets[&target("n3")].input, None);
+        assert_eq!(
+            m.targets[&target("n4")].input,
+            Some(memo(4, Some("\"e4\""), ""))
+        );
+        assert_eq!(m.targets[&target("n5")].hash.as_deref(), Some("h5"));
+        // A warm scan: only n2's validators change (no snapshot), n1's key is forgotten with a new hash.
+        s.commit(&ScanCommit {
+            scan_id: "s2".into(),
+            started_at: "2026-01-02T00:00:00Z".into(),
+            finished_at: "2026-01-02T00:00:00Z".into(),
+            snapshots: vec![at("n1", "h6", Some("f")), at("n2", "h2", None)],
+            inputs: vec![
+                (target("n1"), None),
+                (target("n2"), Some(memo(2, Some("\"e3\""), ""))),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let m = fresh(&path);
+        assert_eq!(m.targets[&target("n1")].hash.as_deref(), Some("h6"));
+        assert_eq!(m.targets[&target("n1")].input, None);
+        assert_eq!(m.targets[&target("n2")].hash.as_deref(), Some("h2"));
+        assert_eq!(
+            m.targets[&target("n2")].input,
+            Some(memo(2, Some("\"e3\""), ""))
+        );
+        // What this connection keeps agrees with the file.
+        assert_eq!(*s.load(&all).unwrap().targets, *m.targets);
+        // Spooled snapshots (no content here) must be in the store: one that is not stops the whole commit.
+        let spooled = |n: &str, hash: &str| Snapshot {
+            changed: true,
+            ..at(n, hash, None)
+        };
+        let bad = ScanCommit {
+            scan_id: "s3".into(),
+            started_at: "2026-01-03T00:00:00Z".into(),
+            finished_at: "2026-01-03T00:00:00Z".into(),
+            snapshots: vec![
+                spooled("n3", "h1"),
+                spooled("n4", "h1"),
+                spooled("n5", "gone"),
+            ],
+            ..Default::default()
+        };
+        match s.commit(&bad) {
+            Err(StoreError::Corrupt(m)) => {
+                assert!(m.contains("snapshot gone of n5/c was not written"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = fresh(&path);
+        assert_eq!(
+            m.targets[&target("n3")].hash.as_deref(),
+            Some("h3"),
+            "nothing of it was written"
+        );
+        let scans: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM scans", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(scans, 2);
+        // The same hashes, all stored (one twice): recorded.
+        s.commit(&ScanCommit {
+            scan_id: "s4".into(),
+            snapshots: vec![
+                spooled("n3", "h1"),
+                spooled("n4", "h1"),
+                spooled("n5", "h2"),
+            ],
+            ..bad
+        })
+        .unwrap();
+        let m = fresh(&path);
+        assert_eq!(m.targets[&target("n4")].hash.as_deref(), Some("h1"));
+        assert_eq!(m.targets[&target("n5")].hash.as_deref(), Some("h2"));
     }
 
     #[test]
