@@ -172,6 +172,27 @@ impl Kept {
     }
 }
 
+/// A target's input key as the `targets` table's columns: `input_body`, `input_context`, `etag`, `last_modified`,
+/// `unified` (all NULL when the key is forgotten; an empty diff is NULL).
+type InputColumns<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+fn input_columns(input: &Option<crate::classify::InputMemo>) -> InputColumns<'_> {
+    let i = input.as_ref();
+    (
+        i.map(|i| &i.body[..]),
+        i.map(|i| &i.context[..]),
+        i.and_then(|i| i.validators.etag.as_deref()),
+        i.and_then(|i| i.validators.last_modified.as_deref()),
+        i.map(|i| i.unified.as_str()).filter(|u| !u.is_empty()),
+    )
+}
+
 /// The `targets` table's generation as `conn` sees it (0 before any commit wrote it).
 fn targets_generation(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
@@ -747,17 +768,17 @@ impl Store for SqliteStore {
                 }
                 match scan.inputs.get(next_input) {
                     Some(((n, c), input)) if (n.as_str(), c.as_str()) == target => {
-                        let i = input.as_ref();
+                        let (body, context, etag, last_modified, unified) = input_columns(input);
                         up_target_input
                             .execute(params![
                                 s.node,
                                 s.config,
                                 s.hash,
-                                i.map(|i| &i.body[..]),
-                                i.map(|i| &i.context[..]),
-                                i.and_then(|i| i.validators.etag.as_deref()),
-                                i.and_then(|i| i.validators.last_modified.as_deref()),
-                                i.map(|i| &i.unified).filter(|u| !u.is_empty()),
+                                body,
+                                context,
+                                etag,
+                                last_modified,
+                                unified
                             ])
                             .map_err(e)?;
                         input_written[next_input] = true;
@@ -799,17 +820,9 @@ impl Store for SqliteStore {
                 .zip(&input_written)
                 .filter(|(_, written)| !**written)
             {
-                let i = input.as_ref();
+                let (body, context, etag, last_modified, unified) = input_columns(input);
                 up_input
-                    .execute(params![
-                        n,
-                        c,
-                        i.map(|i| &i.body[..]),
-                        i.map(|i| &i.context[..]),
-                        i.and_then(|i| i.validators.etag.as_deref()),
-                        i.and_then(|i| i.validators.last_modified.as_deref()),
-                        i.map(|i| &i.unified).filter(|u| !u.is_empty()),
-                    ])
+                    .execute(params![n, c, body, context, etag, last_modified, unified])
                     .map_err(e)?;
             }
             let mut up_finding = tx
