@@ -464,77 +464,76 @@ pub trait Store: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    /// A small deterministic generator (xorshift), so that a failure repeats.
-    struct Rng(u64);
+    /// A segment or slot of `len` bytes, its letters from `seed`.
+    fn text(len: usize, seed: usize) -> String {
+        (0..len)
+            .map(|i| char::from(b'a' + ((i * 7 + seed * 13) % 26) as u8))
+            .collect()
+    }
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
 
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-
-        fn text(&mut self, len: u64) -> String {
-            (0..len)
-                .map(|_| char::from(b'a' + self.below(26) as u8))
-                .collect()
+        /// However its slots fall (at and around chunk boundaries, texts on both sides of the size the tree is used
+        /// from), and whatever earlier fills of the same text kept, the hash is blake3 of the filled text.
+        #[test]
+        fn a_filled_texts_hash_is_blake3_of_the_text(
+            segments in prop::collection::vec(
+                (prop::sample::select(vec![0usize, 1, 7, 1023, 1024, 1025, 2048, 3000, 4096, 5000, 9000, 40_000]),
+                 0usize..3),
+                1..5,
+            ),
+            fills in prop::collection::vec(prop::collection::vec(0usize..300, 4), 1..6),
+        ) {
+            let segments: Vec<String> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, (len, extra))| text(len + extra, i))
+                .collect();
+            let gaps = segments.len() - 1;
+            let t = SlotText::new(segments);
+            for (f, lens) in fills.iter().enumerate() {
+                let slots: Vec<String> = lens[..gaps].iter().map(|&len| text(len, f + 100)).collect();
+                let whole = t.fill(&slots).expect("as many slots as gaps");
+                prop_assert_eq!(t.hash_filled(&slots), Some(blake3::hash(whole.as_bytes())), "fill {}", f);
+            }
         }
     }
 
     #[test]
-    fn a_filled_texts_hash_is_blake3_of_the_text_however_its_slots_fall_and_whatever_was_kept() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        // Segment lengths around chunk and subtree boundaries, and texts around the size the tree is used from.
-        let lens = [
-            0, 1, 7, 1023, 1024, 1025, 2048, 3000, 4096, 5000, 9000, 40_000,
-        ];
-        for case in 0..60 {
-            let slots_n = rng.below(4) as usize;
-            let segments: Vec<String> = (0..=slots_n)
-                .map(|_| {
-                    let len = lens[rng.below(lens.len() as u64) as usize] + rng.below(3);
-                    rng.text(len)
-                })
-                .collect();
-            let text = SlotText::new(segments);
-            // Several fills of one text: the same slot lengths (kept subtrees reused), other lengths (other
-            // subtrees), and slots of a few hundred bytes (a chunk of slot text).
-            for fill in 0..6 {
-                let slots: Vec<String> = (0..slots_n)
-                    .map(|_| {
-                        let len = if fill % 2 == 0 { 10 } else { rng.below(300) };
-                        rng.text(len)
-                    })
-                    .collect();
-                let whole = text.fill(&slots).expect("as many slots as gaps");
-                assert_eq!(
-                    text.hash_filled(&slots),
-                    Some(blake3::hash(whole.as_bytes())),
-                    "case {case}, fill {fill}, {} bytes",
-                    whole.len()
-                );
-            }
-        }
+    fn a_filled_text_keeps_the_subtrees_inside_its_segments() {
         // The wrong number of slots is no text.
-        let text = SlotText::new(vec!["a".repeat(20_000), "b".into()]);
-        assert_eq!(text.hash_filled(&[] as &[&str]), None);
-        // A text far larger than a subtree, its slot near the start (a baseline with the node's name first): equal,
-        // and the second fill hashes only around the slot.
-        let text = SlotText::new(vec!["{\"name\": ".into(), ", ".repeat(100_000)]);
+        let t = SlotText::new(vec!["a".repeat(20_000), "b".into()]);
+        assert_eq!(t.hash_filled(&[] as &[&str]), None);
+        // A text far larger than a subtree, its slot near the start (a baseline with the node's name first): the
+        // same hash as blake3, and fills with names as long as another's reuse what it kept.
+        let t = SlotText::new(vec!["{\"name\": ".into(), ", ".repeat(100_000)]);
+        let kept = |t: &SlotText| t.subtrees.lock().unwrap().len();
+        let mut after = Vec::new();
         for name in ["\"n1\"", "\"n2\"", "\"node-17\""] {
-            let whole = text.fill(&[name]).unwrap();
+            let whole = t.fill(&[name]).unwrap();
+            assert_eq!(t.hash_filled(&[name]), Some(blake3::hash(whole.as_bytes())));
+            after.push(kept(&t));
+        }
+        assert!(after[0] > 0 && after[0] < 64, "{after:?}");
+        assert_eq!(
+            after[1], after[0],
+            "a name as long as the last one adds nothing"
+        );
+        assert!(
+            after[2] > after[1],
+            "a longer one moves the segment: {after:?}"
+        );
+        // Values longer by exactly two chunks: the segment after them starts two chunks later, its bytes fall into
+        // chunks the same way, and only the subtrees' places in the text tell them apart.
+        for name in ["x".to_string(), "x".repeat(1 + 2 * blake3::CHUNK_LEN)] {
+            let whole = t.fill(&[&name]).unwrap();
             assert_eq!(
-                text.hash_filled(&[name]),
+                t.hash_filled(&[&name]),
                 Some(blake3::hash(whole.as_bytes()))
             );
         }
-        let kept = text.subtrees.lock().unwrap().len();
-        assert!(kept > 0 && kept < 64, "{kept} subtrees kept");
     }
 }
