@@ -147,7 +147,7 @@ pub async fn run(
         );
         let progress = opts.progress.clone();
         set.spawn(async move {
-            // One attempt timer for all this worker's fetches (see `AttemptTimer`).
+            // One attempt timer for all this worker's fetches (see `collect::attempt_timer`).
             let mut timer = std::pin::pin!(crate::collect::attempt_timer());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

@@ -724,8 +724,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_attempt_ends_at_its_limit_however_often_it_is_polled_on_a_timer_reused_attempt_after_attempt()
-     {
+    async fn an_attempt_ends_at_its_limit_on_a_timer_reused_attempt_after_attempt() {
         let limit = Duration::from_millis(50);
         // One timer for every attempt below, as a scan worker keeps one.
         let mut timer = std::pin::pin!(attempt_timer());
