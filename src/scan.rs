@@ -228,7 +228,7 @@ pub async fn run(
     Ok(ScanOutput { report, targets })
 }
 
-/// Fetch and evaluate target `i` of a scan: (node `ni`, config `ci`).
+/// Fetch and evaluate one target of a scan: node `ni`, config `ci` of the plan.
 #[allow(clippy::too_many_arguments)]
 async fn scan_one(
     plan: &Plan,

@@ -158,6 +158,8 @@ impl Piece {
 
 /// How many byte layouts a baseline keeps (nodes of different software versions print differently).
 const MAX_LAYOUTS: usize = 4;
+// A fetch expects every learned layout: `Expected::layout` maps a candidate back to its layout by that order.
+const _: () = assert!(MAX_LAYOUTS <= crate::collect::Expect::MAX);
 
 /// The bytes of a body that matched, split at its slot tokens: another node whose body is these bytes with its own
 /// slot values (as JSON) in those places matches too, which a comparison of bytes tells without parsing. Nodes

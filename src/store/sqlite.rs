@@ -687,15 +687,15 @@ impl Store for SqliteStore {
         .map_err(e)?;
         {
             // Snapshots already in the store (spooled while the scan ran) are checked in one query, not one each.
-            let spooled: Vec<&str> = scan
+            let spooled: Vec<&super::Snapshot> = scan
                 .snapshots
                 .iter()
                 .filter(|s| s.content.is_none() && s.changed)
-                .map(|s| s.hash.as_str())
                 .collect();
             if !spooled.is_empty() {
-                let wanted = serde_json::to_string(&spooled).map_err(json_err)?;
-                let distinct = spooled
+                let hashes: Vec<&str> = spooled.iter().map(|s| s.hash.as_str()).collect();
+                let wanted = serde_json::to_string(&hashes).map_err(json_err)?;
+                let distinct = hashes
                     .iter()
                     .collect::<std::collections::HashSet<_>>()
                     .len();
@@ -710,11 +710,7 @@ impl Store for SqliteStore {
                     let mut has_snap = tx
                         .prepare_cached("SELECT 1 FROM snapshots WHERE hash = ?1")
                         .map_err(e)?;
-                    for s in scan
-                        .snapshots
-                        .iter()
-                        .filter(|s| s.content.is_none() && s.changed)
-                    {
+                    for s in &spooled {
                         if !has_snap.exists(params![s.hash]).map_err(e)? {
                             return Err(StoreError::Corrupt(format!(
                                 "{}: snapshot {} of {}/{} was not written; the scan is not recorded",
